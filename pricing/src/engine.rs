@@ -144,7 +144,13 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
     for line in &lines {
         subtotal = add_exact(subtotal, line.amount, &|| "adding up the subtotal".to_owned())?;
     }
-    let minimum_commitment = head.and_then(|version| version.minimum_commitment);
+    let minimum_commitment = match head.and_then(|version| version.minimum_commitment) {
+        // Validated to have at most the currency's minor units: this only sets the scale.
+        Some(minimum) => Some(round_ratio(minimum, 1, places, strategy, &|| {
+            "scaling the minimum commitment".to_owned()
+        })?),
+        None => None,
+    };
     let mut minimum_true_up = zero;
     if let (Some(version), Some(minimum)) = (head, minimum_commitment)
         && minimum > subtotal

@@ -267,7 +267,7 @@ pub(crate) fn quotient_for_display(
     context: &dyn Fn() -> String,
 ) -> Result<Decimal> {
     if denominator == 1 {
-        return Ok(numerator);
+        return Ok(numerator.normalize());
     }
     let denominator = to_decimal(denominator, context)?;
     let quotient = numerator
