@@ -1,1 +1,323 @@
 //! Benchmarks of the ledger, shared by `tally-bench ledger` and `examples/throughput.rs`.
+//!
+//! Everything here is ordinary public API use; it exists so the numbers in `docs/ledger.md` can be
+//! reproduced with one call.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::{
+    Durability, Ledger, ModuleBytes, NewModule, NewUsageRecord, OpenOptions, Outcome, OutcomeKind,
+    Period, SqliteLedger, Tenant, TenantId, UsageMeters, FunctionId, ModuleId,
+};
+use crate::error::Result;
+
+/// Producer threads in the throughput benchmark (the issue's target).
+pub const PRODUCERS: usize = 32;
+/// Records in the aggregation benchmark.
+pub const AGGREGATION_RECORDS: usize = 1_000_000;
+/// 2026-11-01T00:00:00Z in Unix milliseconds.
+pub const NOVEMBER_2026_START_MS: i64 = 1_793_491_200_000;
+/// 2026-12-01T00:00:00Z in Unix milliseconds.
+pub const DECEMBER_2026_START_MS: i64 = 1_796_083_200_000;
+
+/// A small plan pricing every meter per unit, used by the benchmark and tests.
+pub const SAMPLE_PLAN_JSON: &str = r#"{
+  "plan": "bench",
+  "currency": "USD",
+  "versions": [{
+    "version": 1,
+    "effective_from_ms": 0,
+    "flat_fees": [{ "name": "platform", "amount": "5.00" }],
+    "meters": {
+      "invocations": { "free_allowance": "1000", "unit": { "size": "1000000", "name": "1M invocations" }, "per_unit": { "unit_price": "0.20" } },
+      "ops": { "unit": { "size": "1000000000", "name": "10^9 ops" }, "per_unit": { "unit_price": "0.05" } },
+      "memory_byte_seconds": { "unit": { "size": "1073741824", "name": "GiB-second" }, "per_unit": { "unit_price": "0.0000166667" } },
+      "io_out_bytes": { "unit": { "size": "1073741824", "name": "GiB" }, "per_unit": { "unit_price": "0.09" } }
+    }
+  }]
+}"#;
+
+/// A tenant with one module and one function, ready for appends.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// Its module.
+    pub module: ModuleId,
+    /// Its function.
+    pub function: FunctionId,
+}
+
+/// Creates a tenant named `name` with a module, a function `main` and a subscription to the
+/// sample plan (created if missing) from the Unix epoch.
+pub fn fixture(ledger: &dyn Ledger, name: &str) -> Result<Fixture> {
+    let tenant = ledger.create_tenant(name, 0)?;
+    let module = ledger.create_module(NewModule {
+        tenant: tenant.id,
+        original_sha256: crate::chain::sha256(name.as_bytes()),
+        instrumented: ModuleBytes::Path(format!("modules/{name}.wasm")),
+        cost_table: "default".into(),
+        static_stats: serde_json::json!({ "functions": 1 }),
+        created_ms: 0,
+    })?;
+    let function = ledger.put_function(tenant.id, "main", module.id, serde_json::json!({}), 0)?;
+    let plan = match ledger.find_plan("bench")? {
+        Some(plan) => plan,
+        None => ledger.create_plan(SAMPLE_PLAN_JSON, 0)?.0,
+    };
+    ledger.subscribe(tenant.id, plan.id, 0)?;
+    Ok(Fixture {
+        tenant,
+        module: module.id,
+        function: function.id,
+    })
+}
+
+/// A realistic record: key `{prefix}-{n}` (a ULID-sized key), varied meters.
+pub fn sample_record(fixture: &Fixture, prefix: &str, n: u64, started_ms: i64) -> NewUsageRecord {
+    sample_record_for(fixture.tenant.id, fixture.function, fixture.module, prefix, n, started_ms)
+}
+
+/// Like [`sample_record`] with explicit ids.
+pub fn sample_record_for(
+    tenant: TenantId,
+    function: FunctionId,
+    module: ModuleId,
+    prefix: &str,
+    n: u64,
+    started_ms: i64,
+) -> NewUsageRecord {
+    let wall_ns = 200_000 + (n % 977) * 1_000;
+    let memory = 1_114_112 + (n % 7) * 65_536;
+    NewUsageRecord {
+        tenant,
+        function,
+        module,
+        idempotency_key: format!("{prefix}-{n:016}"),
+        started_ms,
+        finished_ms: started_ms + 1,
+        outcome: Outcome {
+            kind: OutcomeKind::Exit,
+            exit_code: Some(0),
+            trap: None,
+        },
+        meters: UsageMeters {
+            ops: 1_000_000 + n % 10_007,
+            memory_peak_bytes: memory,
+            memory_ops_integral: u128::from(memory) * 1_000_000,
+            memory_byte_ns: u128::from(memory) * u128::from(wall_ns),
+            io_in_bytes: 128 + n % 100,
+            io_out_bytes: 512 + n % 300,
+            host_calls: 3,
+            wall_ns,
+        },
+    }
+}
+
+/// Result of [`throughput`].
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    /// Records acknowledged.
+    pub records: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    /// Acknowledged records per second.
+    pub fn per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `producers` threads each append `per_producer` records, `per_call` at a time (one call returns
+/// only once its records are committed), into a fresh ledger in `dir`.
+pub fn throughput(
+    dir: &Path,
+    options: OpenOptions,
+    producers: usize,
+    per_producer: u64,
+    per_call: usize,
+) -> Result<Throughput> {
+    assert!(per_call >= 1 && per_producer.is_multiple_of(per_call as u64));
+    let ledger = Arc::new(SqliteLedger::open_with(dir, options)?);
+    let fixture = fixture(ledger.as_ref(), "throughput")?;
+    let start = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                let ledger = Arc::clone(&ledger);
+                let fixture = fixture.clone();
+                scope.spawn(move || -> Result<()> {
+                    let prefix = format!("p{p:02}");
+                    let record = |n: u64| {
+                        sample_record(&fixture, &prefix, n, NOVEMBER_2026_START_MS + n as i64)
+                    };
+                    if per_call == 1 {
+                        for n in 0..per_producer {
+                            assert!(ledger.append(record(n))?.created);
+                        }
+                    } else {
+                        for chunk in 0..per_producer / per_call as u64 {
+                            let first = chunk * per_call as u64;
+                            let batch = (first..first + per_call as u64).map(record).collect();
+                            for result in ledger.append_batch(batch)? {
+                                assert!(result?.created);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("producer panicked")?;
+        }
+        Ok(())
+    })?;
+    let elapsed = start.elapsed();
+    Ok(Throughput {
+        records: producers as u64 * per_producer,
+        elapsed,
+    })
+}
+
+/// Result of [`aggregation`].
+#[derive(Debug, Clone)]
+pub struct Aggregation {
+    /// Records in the month.
+    pub records: u64,
+    /// Time to load them (batched appends).
+    pub load: Duration,
+    /// Time to draft the monthly invoice (aggregate + price).
+    pub draft: Duration,
+    /// Time to verify the whole chain.
+    pub verify: Duration,
+    /// Database size after a checkpoint, in bytes.
+    pub database_bytes: u64,
+    /// The invoice total.
+    pub total: String,
+}
+
+impl Aggregation {
+    /// Database bytes per record.
+    pub fn bytes_per_record(&self) -> f64 {
+        self.database_bytes as f64 / self.records as f64
+    }
+}
+
+/// Loads `records` records for one tenant in November 2026 into a fresh ledger in `dir`, then
+/// times the monthly invoice draft and a full chain verification.
+pub fn aggregation(dir: &Path, records: usize) -> Result<Aggregation> {
+    let load_start = Instant::now();
+    {
+        let ledger = SqliteLedger::open(dir)?;
+        let fixture = fixture(&ledger, "aggregate")?;
+        let month_ms = DECEMBER_2026_START_MS - NOVEMBER_2026_START_MS;
+        let mut n = 0u64;
+        while (n as usize) < records {
+            let batch_len = (records - n as usize).min(crate::BATCH_RECORDS_MAX);
+            let batch: Vec<NewUsageRecord> = (0..batch_len as u64)
+                .map(|i| {
+                    let k = n + i;
+                    // Spread over the month, in order.
+                    let at = NOVEMBER_2026_START_MS + (k as i64 * month_ms) / records as i64;
+                    sample_record(&fixture, "agg", k, at)
+                })
+                .collect();
+            for result in ledger.append_batch(batch)? {
+                result?;
+            }
+            n += batch_len as u64;
+        }
+    }
+    let load = load_start.elapsed();
+    // Reopen: a cold-ish start, as the CLI would see it (the OS cache stays warm).
+    let ledger = SqliteLedger::open(dir)?;
+    let tenant = ledger.find_tenant("aggregate")?.expect("tenant exists");
+    let start = Instant::now();
+    let invoice = ledger.draft_invoice(
+        tenant.id,
+        Period::new(NOVEMBER_2026_START_MS, DECEMBER_2026_START_MS)?,
+    )?;
+    let draft = start.elapsed();
+    assert_eq!(invoice.records, records as u64);
+    let start = Instant::now();
+    let verdict = ledger.verify()?;
+    let verify = start.elapsed();
+    assert!(matches!(verdict, crate::ChainVerdict::Intact { .. }), "{verdict:?}");
+    drop(ledger);
+    let database_bytes = database_bytes(dir)?;
+    Ok(Aggregation {
+        records: records as u64,
+        load,
+        draft,
+        verify,
+        database_bytes,
+        total: crate::format_amount(invoice.total, invoice.currency),
+    })
+}
+
+/// Size of the database file after a full checkpoint (the WAL is folded in and truncated).
+pub fn database_bytes(dir: &Path) -> Result<u64> {
+    let conn = rusqlite::Connection::open(dir.join(crate::DATABASE_FILE))?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    drop(conn);
+    let meta = std::fs::metadata(dir.join(crate::DATABASE_FILE)).map_err(|source| {
+        crate::Error::Io {
+            what: "reading the database size".into(),
+            source,
+        }
+    })?;
+    Ok(meta.len())
+}
+
+/// Runs every ledger benchmark in fresh directories under `dir` and prints the figures.
+pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
+    let scale: u64 = if quick { 1 } else { 10 };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("ledger benchmark ({cores} cores available)");
+    let runs: [(&str, Durability, bool, u64, usize); 6] = [
+        ("NORMAL, group commit, 1 record per append", Durability::Process, false, 2_000 * scale, 1),
+        ("NORMAL, one transaction per record", Durability::Process, true, 100 * scale, 1),
+        ("NORMAL, group commit, 64 records per append_batch", Durability::Process, false, 6_400 * scale, 64),
+        ("FULL, group commit, 1 record per append", Durability::PowerLoss, false, 200 * scale, 1),
+        ("FULL, one transaction per record", Durability::PowerLoss, true, 10 * scale, 1),
+        ("FULL, group commit, 64 records per append_batch", Durability::PowerLoss, false, 640 * scale, 64),
+    ];
+    for (index, (label, durability, transaction_per_record, per_producer, per_call)) in
+        runs.into_iter().enumerate()
+    {
+        let result = throughput(
+            &dir.join(format!("throughput-{index}")),
+            OpenOptions {
+                durability,
+                transaction_per_record,
+            },
+            PRODUCERS,
+            per_producer,
+            per_call,
+        )?;
+        println!(
+            "synchronous={label}, {PRODUCERS} producers: {:>9.0} acknowledged records/s ({} records in {:.2?})",
+            result.per_second(),
+            result.records,
+            result.elapsed
+        );
+    }
+    let records = if quick { 100_000 } else { AGGREGATION_RECORDS };
+    let aggregation = aggregation(&dir.join("aggregate"), records)?;
+    println!(
+        "monthly invoice over {} records of one tenant: draft (aggregate + price) {:.3?}, chain verify {:.3?}, load {:.2?}",
+        aggregation.records, aggregation.draft, aggregation.verify, aggregation.load
+    );
+    println!(
+        "database: {} bytes, {:.1} bytes per record; invoice total {} USD",
+        aggregation.database_bytes,
+        aggregation.bytes_per_record(),
+        aggregation.total
+    );
+    Ok(())
+}

@@ -41,6 +41,9 @@ pub enum Durability {
 pub struct OpenOptions {
     /// Durability of acknowledged appends.
     pub durability: Durability,
+    /// Commit each append in its own transaction instead of grouping them (the naive baseline
+    /// of the benchmark; never faster).
+    pub transaction_per_record: bool,
 }
 
 /// The SQLite ledger: one writer thread with group commit, a pool of read connections (WAL lets
@@ -121,7 +124,8 @@ impl SqliteLedger {
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
         schema::migrate(&mut conn)?;
-        let writer = Writer::spawn(WriterState::new(conn)?)?;
+        let batch_records_max = if options.transaction_per_record { 1 } else { BATCH_RECORDS_MAX };
+        let writer = Writer::spawn(WriterState::new(conn)?, batch_records_max)?;
         Ok(SqliteLedger {
             writer,
             readers: Some(Readers {
@@ -137,7 +141,7 @@ impl SqliteLedger {
         let mut conn = Connection::open_in_memory()?;
         configure(&conn)?;
         schema::migrate(&mut conn)?;
-        let writer = Writer::spawn(WriterState::new(conn)?)?;
+        let writer = Writer::spawn(WriterState::new(conn)?, BATCH_RECORDS_MAX)?;
         Ok(SqliteLedger {
             writer,
             readers: None,

@@ -357,11 +357,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(state: WriterState) -> Result<Writer> {
+    pub fn spawn(state: WriterState, batch_records_max: usize) -> Result<Writer> {
+        assert!((1..=BATCH_RECORDS_MAX).contains(&batch_records_max));
         let (sender, receiver) = sync_channel(WRITER_QUEUE_COMMANDS_MAX);
         let thread = std::thread::Builder::new()
             .name("tally-ledger-writer".into())
-            .spawn(move || run(state, receiver))
+            .spawn(move || run(state, receiver, batch_records_max))
             .map_err(|source| Error::Io {
                 what: "spawning the ledger writer thread".into(),
                 source,
@@ -412,7 +413,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(mut state: WriterState, receiver: Receiver<Command>) {
+fn run(mut state: WriterState, receiver: Receiver<Command>, batch_records_max: usize) {
     let mut batch = Vec::new();
     let mut batch_records = 0usize;
     while let Ok(first) = receiver.recv() {
@@ -422,7 +423,7 @@ fn run(mut state: WriterState, receiver: Receiver<Command>) {
                 Command::Append { records, reply } => {
                     batch_records += records.len();
                     batch.push((records, reply));
-                    if batch_records >= BATCH_RECORDS_MAX {
+                    if batch_records >= batch_records_max {
                         state.commit_batch(std::mem::take(&mut batch));
                         batch_records = 0;
                     }
