@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use rust_decimal::Decimal;
 
 use crate::error::{Error, Result, overflow};
-use crate::invoice::{AppliedPackage, AppliedTier, InvoiceLine, LineKind, PricedInvoice, VersionSpan};
+use crate::invoice::{
+    AppliedPackage, AppliedTier, InvoiceLine, LineKind, PricedInvoice, VersionSpan,
+};
 use crate::meter::{Meter, Period, UnixMillis};
 use crate::money::{add_exact, mul_exact, quotient_for_display, round_ratio};
 use crate::plan::{CompiledCharge, CompiledModel, CompiledVersion, PackageRounding, Plan};
@@ -41,8 +43,14 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
     let spans = version_spans(versions, period);
     let span_first = spans.first().map_or(0, |span| span.version_index);
 
-    // Sum the usage per (meter, function if overridden) and per span.
-    let mut groups: HashMap<(Meter, Option<&str>), Vec<u128>> = HashMap::new();
+    // Sum the usage per group and per span. A group is (meter, function) when the version
+    // overrides that meter for that function, (meter, shared) otherwise. One hash lookup per
+    // aggregate: the function's state caches its override tables and group ids.
+    let meter_count = Meter::ALL.len();
+    let mut functions: HashMap<&str, FunctionState<'_>> = HashMap::new();
+    let mut shared_groups: Vec<Option<usize>> = vec![None; meter_count];
+    let mut group_count = 0usize;
+    let mut sums: Vec<u128> = Vec::new();
     for (index, aggregate) in usage.iter().enumerate() {
         if !period.contains(aggregate.at) {
             return Err(Error::UsageOutsidePeriod {
@@ -63,29 +71,63 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
         let version_index = in_effect - 1;
         let span_index = version_index - span_first;
         assert!(span_index < spans.len(), "the version in effect has a span");
-        let version = &versions[version_index];
-        let function = version
-            .override_for(&aggregate.function, aggregate.meter)
-            .map(|_| aggregate.function.as_str());
-        let sums = groups
-            .entry((aggregate.meter, function))
-            .or_insert_with(|| vec![0; spans.len()]);
-        sums[span_index] = sums[span_index].checked_add(aggregate.quantity).ok_or_else(|| {
+        let state = functions
+            .entry(aggregate.function.as_str())
+            .or_insert_with(|| FunctionState {
+                tables: spans
+                    .iter()
+                    .map(|span| {
+                        versions[span.version_index]
+                            .overrides
+                            .get(&aggregate.function)
+                    })
+                    .collect(),
+                groups: vec![None; meter_count],
+            });
+        let meter_index = aggregate.meter as usize;
+        let overridden = state.tables[span_index].is_some_and(|table| table[meter_index].is_some());
+        let slot = if overridden {
+            &mut state.groups[meter_index]
+        } else {
+            &mut shared_groups[meter_index]
+        };
+        let group = *slot.get_or_insert_with(|| {
+            group_count += 1;
+            sums.resize(group_count * spans.len(), 0);
+            group_count - 1
+        });
+        let sum = &mut sums[group * spans.len() + span_index];
+        *sum = sum.checked_add(aggregate.quantity).ok_or_else(|| {
             overflow(format!(
                 "summing {} usage of function {}",
                 aggregate.meter, aggregate.function
             ))
         })?;
     }
-    let mut keys: Vec<(Meter, Option<&str>)> = groups.keys().copied().collect();
-    keys.sort_unstable();
+    // Groups in invoice order: by meter, the shared group first, then functions by name.
+    let mut named: Vec<(&str, &FunctionState<'_>)> = functions
+        .iter()
+        .map(|(name, state)| (*name, state))
+        .collect();
+    named.sort_unstable_by_key(|(name, _)| *name);
+    let mut keys: Vec<GroupKey<'_, '_>> = Vec::with_capacity(group_count);
+    for meter in Meter::ALL {
+        if let Some(group) = shared_groups[meter as usize] {
+            keys.push((meter, None, group));
+        }
+        for (name, state) in &named {
+            if let Some(group) = state.groups[meter as usize] {
+                keys.push((meter, Some((*name, *state)), group));
+            }
+        }
+    }
 
     let places = plan.currency().minor_units();
     let strategy = plan.rounding().strategy();
-    let mut lines: Vec<(usize, InvoiceLine)> = Vec::with_capacity(keys.len());
-    for key in keys {
-        let sums = &groups[&key];
-        let (meter, function) = key;
+    let mut lines: Vec<InvoiceLine> = Vec::with_capacity(keys.len());
+    for (meter, owner, group) in keys {
+        let function = owner.map(|(name, _)| name);
+        let sums = &sums[group * spans.len()..(group + 1) * spans.len()];
         let period_total = sums.iter().try_fold(0u128, |total, quantity| {
             total
                 .checked_add(*quantity)
@@ -98,8 +140,10 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
             }
             let after = before + quantity; // cannot overflow: bounded by period_total
             let version = &versions[span_first + span_index];
-            let charge = match function {
-                Some(function) => version.override_for(function, meter),
+            let charge = match owner {
+                Some((_, state)) => {
+                    state.tables[span_index].and_then(|table| table[meter as usize].as_ref())
+                }
                 None => version.meters[meter as usize].as_ref(),
             };
             if let Some(charge) = charge {
@@ -114,14 +158,15 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
                     after,
                     period_total,
                 };
-                let line = price_segment(&segment, charge, places, strategy)?;
-                lines.push((span_index, line));
+                lines.push(price_segment(&segment, charge, places, strategy)?);
             }
             before = after;
         }
     }
-    lines.sort_by_key(|(span_index, _)| *span_index);
-    let mut lines: Vec<InvoiceLine> = lines.into_iter().map(|(_, line)| line).collect();
+    // Version-major order; version numbers ascend with time, and the sort is stable.
+    if spans.len() > 1 {
+        lines.sort_by_key(|line| line.version);
+    }
 
     // Flat fees and the minimum commitment of the version in effect at the period's start.
     let head = spans.first().map(|span| &versions[span.version_index]);
@@ -142,7 +187,9 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
     let zero = Decimal::new(0, places);
     let mut subtotal = zero;
     for line in &lines {
-        subtotal = add_exact(subtotal, line.amount, &|| "adding up the subtotal".to_owned())?;
+        subtotal = add_exact(subtotal, line.amount, &|| {
+            "adding up the subtotal".to_owned()
+        })?;
     }
     let minimum_commitment = match head.and_then(|version| version.minimum_commitment) {
         // Validated to have at most the currency's minor units: this only sets the scale.
@@ -169,7 +216,9 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
             minimum_true_up,
         ));
     }
-    let total = add_exact(subtotal, minimum_true_up, &|| "adding up the total".to_owned())?;
+    let total = add_exact(subtotal, minimum_true_up, &|| {
+        "adding up the total".to_owned()
+    })?;
     Ok(PricedInvoice {
         plan: plan.name().to_owned(),
         currency: plan.currency(),
@@ -189,6 +238,16 @@ pub fn price(plan: &Plan, usage: &[UsageAggregate], period: Period) -> Result<Pr
         minimum_true_up,
         total,
     })
+}
+
+/// A group in invoice order: its meter, the overriding function (if any) and its id.
+type GroupKey<'n, 's> = (Meter, Option<(&'n str, &'s FunctionState<'n>)>, usize);
+
+struct FunctionState<'a> {
+    /// The function's override table in each span's version, if any.
+    tables: Vec<Option<&'a crate::plan::MeterTable>>,
+    /// The group id of each meter this function overrides.
+    groups: Vec<Option<usize>>,
 }
 
 struct Span {
@@ -239,7 +298,10 @@ fn price_segment(
             "pricing {} of function {} under version {}",
             segment.meter, function, segment.version
         ),
-        None => format!("pricing {} under version {}", segment.meter, segment.version),
+        None => format!(
+            "pricing {} under version {}",
+            segment.meter, segment.version
+        ),
     };
     let free = charge.free_allowance;
     // Billed units: (billed_before, billed_after] once the allowance is taken out.
@@ -247,7 +309,18 @@ fn price_segment(
     let billed_after = segment.after.max(free);
     let billed = billed_after - billed_before;
     let quantity = segment.after - segment.before;
-    let mut tiers = Vec::new();
+    // Sized exactly: a Vec's first push would reserve room for four tiers, and a 10,000-line
+    // invoice would then spend most of its memory (and page faults) on empty slots.
+    let tier_capacity = match &charge.model {
+        CompiledModel::Graduated(compiled) => compiled
+            .iter()
+            .filter(|tier| {
+                tier.after.max(billed_before) < tier.up_to.unwrap_or(u128::MAX).min(billed_after)
+            })
+            .count(),
+        _ => usize::from(billed > 0),
+    };
+    let mut tiers = Vec::with_capacity(tier_capacity);
     let mut package = None;
     let mut numerator = Decimal::ZERO;
     let mut unit_size = charge.unit_size;
@@ -359,7 +432,11 @@ fn price_segment(
             LineKind::Volume
         }
     };
-    let amount_exact = quotient_for_display(numerator, unit_size, &context)?;
+    let amount_exact = match tiers.as_slice() {
+        [] => Decimal::ZERO,
+        [only] => only.amount_exact,
+        _ => quotient_for_display(numerator, unit_size, &context)?,
+    };
     let amount = round_ratio(numerator, unit_size, places, strategy, &context)?;
     let description = match segment.function {
         Some(function) => format!(

@@ -164,7 +164,11 @@ impl RoundingMode {
 }
 
 /// `price × quantity`, exactly: an error instead of any rounding or overflow.
-pub(crate) fn mul_exact(price: Decimal, quantity: u128, context: &dyn Fn() -> String) -> Result<Decimal> {
+pub(crate) fn mul_exact(
+    price: Decimal,
+    quantity: u128,
+    context: &dyn Fn() -> String,
+) -> Result<Decimal> {
     if quantity == 0 || price.is_zero() {
         return Ok(Decimal::ZERO);
     }
@@ -224,7 +228,9 @@ pub(crate) fn round_ratio(
     let (num, den) = if places >= scale {
         let factor = POWERS_OF_TEN[(places - scale) as usize];
         (
-            mantissa.checked_mul(factor).ok_or_else(|| overflow(context()))?,
+            mantissa
+                .checked_mul(factor)
+                .ok_or_else(|| overflow(context()))?,
             denominator,
         )
     } else {
@@ -269,6 +275,13 @@ pub(crate) fn quotient_for_display(
     if denominator == 1 {
         return Ok(numerator.normalize());
     }
+    // Dividing by 10^k only moves the decimal point: exact and cheap while the scale fits.
+    if let Some(power) = POWERS_OF_TEN.iter().position(|power| *power == denominator) {
+        let scale = numerator.scale() + power as u32;
+        if scale <= 28 {
+            return Ok(Decimal::from_i128_with_scale(numerator.mantissa(), scale).normalize());
+        }
+    }
     let denominator = to_decimal(denominator, context)?;
     let quotient = numerator
         .checked_div(denominator)
@@ -281,11 +294,16 @@ pub(crate) mod decimal_string {
     use rust_decimal::Decimal;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer>(value: &Decimal, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Decimal,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.collect_str(value)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Decimal, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         parse(&text).map_err(serde::de::Error::custom)
     }
@@ -296,9 +314,12 @@ pub(crate) mod decimal_string {
                 .bytes()
                 .all(|byte| byte.is_ascii_digit() || byte == b'.' || byte == b'-');
         if !valid {
-            return Err(format!("\"{text}\" is not a plain decimal number like \"0.25\""));
+            return Err(format!(
+                "\"{text}\" is not a plain decimal number like \"0.25\""
+            ));
         }
-        Decimal::from_str_exact(text).map_err(|error| format!("\"{text}\" is not an exact decimal: {error}"))
+        Decimal::from_str_exact(text)
+            .map_err(|error| format!("\"{text}\" is not an exact decimal: {error}"))
     }
 
     /// The same for `Option<Decimal>`.
@@ -344,7 +365,9 @@ pub(crate) mod quantity_string {
         type Value = u128;
 
         fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-            formatter.write_str("a non-negative integer quantity (a string of digits, or a JSON integer)")
+            formatter.write_str(
+                "a non-negative integer quantity (a string of digits, or a JSON integer)",
+            )
         }
 
         fn visit_u64<E: de::Error>(self, value: u64) -> Result<u128, E> {
@@ -370,7 +393,9 @@ pub(crate) mod quantity_string {
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<u128, D::Error> {
         deserializer.deserialize_any(QuantityVisitor)
     }
 
@@ -437,11 +462,23 @@ mod tests {
         assert_eq!(round("0.02", 3, 2, RoundingMode::HalfUp), "0.01");
         // Half a cent is 5368709.12 / 2^30; a hair below rounds down, a hair above up, in
         // every mode.
-        assert_eq!(round("5368709.119999999999", 1 << 30, 2, RoundingMode::HalfUp), "0.00");
-        assert_eq!(round("5368709.120000000001", 1 << 30, 2, RoundingMode::HalfEven), "0.01");
+        assert_eq!(
+            round("5368709.119999999999", 1 << 30, 2, RoundingMode::HalfUp),
+            "0.00"
+        );
+        assert_eq!(
+            round("5368709.120000000001", 1 << 30, 2, RoundingMode::HalfEven),
+            "0.01"
+        );
         // Exactly half a cent: 0.005 × 2^30 / 2^30.
-        assert_eq!(round("5368709.12", 1 << 30, 2, RoundingMode::HalfUp), "0.01");
-        assert_eq!(round("5368709.12", 1 << 30, 2, RoundingMode::HalfEven), "0.00");
+        assert_eq!(
+            round("5368709.12", 1 << 30, 2, RoundingMode::HalfUp),
+            "0.01"
+        );
+        assert_eq!(
+            round("5368709.12", 1 << 30, 2, RoundingMode::HalfEven),
+            "0.00"
+        );
     }
 
     #[test]

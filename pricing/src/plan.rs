@@ -311,15 +311,6 @@ pub(crate) struct CompiledVersion {
 
 pub(crate) type MeterTable = [Option<CompiledCharge>; Meter::ALL.len()];
 
-impl CompiledVersion {
-    /// The override of `meter` for `function`, if this version has one.
-    pub(crate) fn override_for(&self, function: &str, meter: Meter) -> Option<&CompiledCharge> {
-        self.overrides
-            .get(function)
-            .and_then(|table| table[meter as usize].as_ref())
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct CompiledCharge {
     pub(crate) free_allowance: u128,
@@ -370,7 +361,10 @@ fn check_name(problems: &mut Vec<Problem>, path: &str, name: &str) {
     } else if name.len() > NAME_BYTES_MAX {
         problems.push(Problem::new(
             path,
-            format!("is {} bytes long; the limit is {NAME_BYTES_MAX}", name.len()),
+            format!(
+                "is {} bytes long; the limit is {NAME_BYTES_MAX}",
+                name.len()
+            ),
         ));
     }
 }
@@ -522,7 +516,12 @@ fn validate_version(
                 format!("duplicate flat fee name \"{}\"", fee.name),
             ));
         }
-        check_money(problems, &format!("{fee_path}.amount"), fee.amount, currency);
+        check_money(
+            problems,
+            &format!("{fee_path}.amount"),
+            fee.amount,
+            currency,
+        );
         flat_fees.push((fee.name.clone(), fee.amount.normalize()));
     }
     let meters = validate_table(problems, &format!("{path}.meters"), &version.meters);
@@ -551,7 +550,9 @@ fn validate_version(
     CompiledVersion {
         number: version.version,
         effective_from: version.effective_from,
-        minimum_commitment: version.minimum_commitment.map(|minimum| minimum.normalize()),
+        minimum_commitment: version
+            .minimum_commitment
+            .map(|minimum| minimum.normalize()),
         flat_fees,
         meters,
         overrides,
@@ -593,9 +594,7 @@ fn validate_charge(
     if count != 1 {
         problems.push(Problem::new(
             path,
-            format!(
-                "needs exactly one of per_unit, package, graduated, volume; found {count}"
-            ),
+            format!("needs exactly one of per_unit, package, graduated, volume; found {count}"),
         ));
         return None;
     }
@@ -604,7 +603,10 @@ fn validate_charge(
             if unit.size == 0 || unit.size > UNIT_SIZE_MAX {
                 problems.push(Problem::new(
                     format!("{path}.unit.size"),
-                    format!("unit size {} must be between 1 and {UNIT_SIZE_MAX}", unit.size),
+                    format!(
+                        "unit size {} must be between 1 and {UNIT_SIZE_MAX}",
+                        unit.size
+                    ),
                 ));
             }
             if let Some(name) = &unit.name {
@@ -619,7 +621,11 @@ fn validate_charge(
         None => (1, meter.base_unit().to_owned()),
     };
     let model = if let Some(per_unit) = &charge.per_unit {
-        check_price(problems, &format!("{path}.per_unit.unit_price"), per_unit.unit_price);
+        check_price(
+            problems,
+            &format!("{path}.per_unit.unit_price"),
+            per_unit.unit_price,
+        );
         CompiledModel::PerUnit {
             unit_price: per_unit.unit_price.normalize(),
         }
@@ -721,9 +727,17 @@ fn validate_tiers(
             )),
             _ => {}
         }
-        check_price(problems, &format!("{tier_path}.unit_price"), tier.unit_price);
+        check_price(
+            problems,
+            &format!("{tier_path}.unit_price"),
+            tier.unit_price,
+        );
         if !tier.flat_amount.is_zero() {
-            check_price(problems, &format!("{tier_path}.flat_amount"), tier.flat_amount);
+            check_price(
+                problems,
+                &format!("{tier_path}.flat_amount"),
+                tier.flat_amount,
+            );
         }
         compiled.push(CompiledTier {
             after,

@@ -44,11 +44,17 @@ fn project(invoice: &PricedInvoice) -> Value {
 }
 
 fn run_case(case: &Value) -> Result<Value, Vec<String>> {
-    let plan = Plan::from_json(&case["plan"].to_string())
-        .map_err(|error| error.to_string().lines().map(str::to_owned).collect::<Vec<_>>())?;
+    let plan = Plan::from_json(&case["plan"].to_string()).map_err(|error| {
+        error
+            .to_string()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    })?;
     let usage = UsageDocument::from_json(&case["usage"].to_string())
         .map_err(|error| vec![error.to_string()])?;
-    let invoice = price(&plan, &usage.usage, usage.period).map_err(|error| vec![error.to_string()])?;
+    let invoice =
+        price(&plan, &usage.usage, usage.period).map_err(|error| vec![error.to_string()])?;
     // Invariants every case must satisfy besides its expectations.
     let sum = invoice
         .lines
@@ -76,7 +82,11 @@ fn check() {
     for path in &paths {
         let text = std::fs::read_to_string(path).unwrap();
         let mut case: Value = serde_json::from_str(&text).unwrap();
-        assert!(case["comment"].is_array(), "{} explains itself", path.display());
+        assert!(
+            case["comment"].is_array(),
+            "{} explains itself",
+            path.display()
+        );
         let actual = match run_case(&case) {
             Ok(invoice) => json!({"expect": invoice}),
             Err(lines) => json!({"expect_error": lines}),

@@ -39,7 +39,12 @@ fn aws_lambda_shape() {
             "memory_byte_seconds (version 1) 18.33"
         ]
     );
-    assert!(invoice.lines[1].amount_exact.to_string().starts_with("18.3333719163"));
+    assert!(
+        invoice.lines[1]
+            .amount_exact
+            .to_string()
+            .starts_with("18.3333719163")
+    );
     assert_eq!(invoice.lines[1].free_quantity, 400_000 << 30);
     assert_eq!(invoice.total, dec("18.73"));
 }
@@ -94,7 +99,10 @@ fn tally_native() {
     assert_eq!(ops.tiers[0].amount_exact, dec("45"));
     assert_eq!(ops.tiers[1].quantity, 2_000_000_000_000);
     assert_eq!(ops.tiers[1].amount_exact, dec("80"));
-    assert_eq!(invoice.lines[3].amount_exact, dec("2.469135780246913578024"));
+    assert_eq!(
+        invoice.lines[3].amount_exact,
+        dec("2.469135780246913578024")
+    );
     assert_eq!(invoice.subtotal, dec("170.98"));
     assert_eq!(invoice.minimum_true_up, dec("29.02"));
     assert_eq!(invoice.total, dec("200.00"));

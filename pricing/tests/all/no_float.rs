@@ -17,7 +17,10 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 fn has_token(text: &str, token: &str) -> bool {
     text.match_indices(token).any(|(start, _)| {
         let word = |byte: u8| byte.is_ascii_alphanumeric() || byte == b'_';
-        let before = text[..start].bytes().next_back().is_none_or(|byte| !word(byte));
+        let before = text[..start]
+            .bytes()
+            .next_back()
+            .is_none_or(|byte| !word(byte));
         let after = text[start + token.len()..]
             .bytes()
             .next()

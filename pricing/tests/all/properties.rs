@@ -390,5 +390,8 @@ fn summing_usage_past_u128_is_an_overflow_error() {
         quantity: u128::MAX,
     };
     let error = price(&plan, &[aggregate.clone(), aggregate], PERIOD).unwrap_err();
-    assert!(matches!(error, tally_pricing::Error::Overflow { .. }), "{error}");
+    assert!(
+        matches!(error, tally_pricing::Error::Overflow { .. }),
+        "{error}"
+    );
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use tally_pricing::{
-    Decimal, Meter, MeterCharge, Period, PerUnit, Plan, PlanSpec, PlanVersion, RoundingMode,
+    Decimal, Meter, MeterCharge, PerUnit, Period, Plan, PlanSpec, PlanVersion, RoundingMode,
     UnixMillis, UsageAggregate, price,
 };
 
