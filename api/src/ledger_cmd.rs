@@ -71,12 +71,20 @@ pub fn month_period(label: &str) -> anyhow::Result<Period> {
         .split_once('-')
         .filter(|(y, m)| y.len() == 4 && m.len() == 2)
         .with_context(|| format!("period {label:?} is not YYYY-MM"))?;
-    let year: i64 = year.parse().with_context(|| format!("bad year in {label:?}"))?;
-    let month: i64 = month.parse().with_context(|| format!("bad month in {label:?}"))?;
+    let year: i64 = year
+        .parse()
+        .with_context(|| format!("bad year in {label:?}"))?;
+    let month: i64 = month
+        .parse()
+        .with_context(|| format!("bad month in {label:?}"))?;
     if !(YEAR_MIN..=YEAR_MAX).contains(&year) || !(1..=12).contains(&month) {
         bail!("period {label:?} is out of range");
     }
-    let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     let start = days_from_civil(year, month, 1) * MS_PER_DAY;
     let end = days_from_civil(next_year, next_month, 1) * MS_PER_DAY;
     Ok(Period::new(start, end)?)
@@ -137,7 +145,10 @@ pub fn run_invoice(args: &InvoiceArgs) -> anyhow::Result<ExitCode> {
     if args.csv {
         print!("{}", tally_ledger::export_csv(&invoice));
     } else {
-        println!("{}", serde_json::to_string_pretty(&tally_ledger::export_json(&invoice))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tally_ledger::export_json(&invoice))?
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -149,14 +160,19 @@ mod tests {
     #[test]
     fn months_map_to_utc_millisecond_ranges() {
         let november = month_period("2026-11").unwrap();
-        assert_eq!((november.start_ms, november.end_ms), (1_793_491_200_000, 1_796_083_200_000));
+        assert_eq!(
+            (november.start_ms, november.end_ms),
+            (1_793_491_200_000, 1_796_083_200_000)
+        );
         let december = month_period("2026-12").unwrap();
         assert_eq!(december.start_ms, november.end_ms);
         assert_eq!(december.end_ms, 1_798_761_600_000); // 2027-01-01
         let leap = month_period("2028-02").unwrap();
         assert_eq!(leap.end_ms - leap.start_ms, 29 * 86_400_000);
         assert_eq!(month_period("1970-01").unwrap().start_ms, 0);
-        for bad in ["2026-13", "2026-00", "26-11", "2026/11", "2026-1", "abcd-ef"] {
+        for bad in [
+            "2026-13", "2026-00", "26-11", "2026/11", "2026-1", "abcd-ef",
+        ] {
             assert!(month_period(bad).is_err(), "{bad}");
         }
     }

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{
-    Durability, Ledger, ModuleBytes, NewModule, NewUsageRecord, OpenOptions, Outcome, OutcomeKind,
-    Period, SqliteLedger, Tenant, TenantId, UsageMeters, FunctionId, ModuleId,
-};
 use crate::error::Result;
+use crate::{
+    Durability, FunctionId, Ledger, ModuleBytes, ModuleId, NewModule, NewUsageRecord, OpenOptions,
+    Outcome, OutcomeKind, Period, SqliteLedger, Tenant, TenantId, UsageMeters,
+};
 
 /// Producer threads in the throughput benchmark (the target).
 pub const PRODUCERS: usize = 32;
@@ -77,7 +77,14 @@ pub fn fixture(ledger: &dyn Ledger, name: &str) -> Result<Fixture> {
 
 /// A realistic record: key `{prefix}-{n}` (a ULID-sized key), varied meters.
 pub fn sample_record(fixture: &Fixture, prefix: &str, n: u64, started_ms: i64) -> NewUsageRecord {
-    sample_record_for(fixture.tenant.id, fixture.function, fixture.module, prefix, n, started_ms)
+    sample_record_for(
+        fixture.tenant.id,
+        fixture.function,
+        fixture.module,
+        prefix,
+        n,
+        started_ms,
+    )
 }
 
 /// Like [`sample_record`] with explicit ids.
@@ -184,6 +191,43 @@ pub fn throughput(
     })
 }
 
+/// The ceiling the thread hand-off alone puts on single-record appends: `producers` threads each
+/// do `per_producer` round trips through a channel to one thread that drains and answers in
+/// batches, exactly like the writer, without touching a database. Round trips per second.
+pub fn handoff_ceiling(producers: usize, per_producer: u64) -> f64 {
+    use std::sync::mpsc::{SyncSender, sync_channel};
+    let (sender, receiver) =
+        sync_channel::<(u64, SyncSender<u64>)>(crate::WRITER_QUEUE_COMMANDS_MAX);
+    let server = std::thread::spawn(move || {
+        while let Ok(first) = receiver.recv() {
+            let mut batch = vec![first];
+            while let Ok(more) = receiver.try_recv() {
+                batch.push(more);
+            }
+            for (value, reply) in batch {
+                let _ = reply.send(value + 1);
+            }
+        }
+    });
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..producers {
+            let sender = sender.clone();
+            scope.spawn(move || {
+                for n in 0..per_producer {
+                    let (reply, wait) = sync_channel(1);
+                    sender.send((n, reply)).expect("server alive");
+                    assert_eq!(wait.recv().expect("server answers"), n + 1);
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    drop(sender);
+    server.join().expect("server thread");
+    (producers as u64 * per_producer) as f64 / elapsed.as_secs_f64()
+}
+
 /// Result of [`aggregation`].
 #[derive(Debug, Clone)]
 pub struct Aggregation {
@@ -247,7 +291,10 @@ pub fn aggregation(dir: &Path, records: usize) -> Result<Aggregation> {
     let start = Instant::now();
     let verdict = ledger.verify()?;
     let verify = start.elapsed();
-    assert!(matches!(verdict, crate::ChainVerdict::Intact { .. }), "{verdict:?}");
+    assert!(
+        matches!(verdict, crate::ChainVerdict::Intact { .. }),
+        "{verdict:?}"
+    );
     drop(ledger);
     let database_bytes = database_bytes(dir)?;
     Ok(Aggregation {
@@ -265,12 +312,11 @@ pub fn database_bytes(dir: &Path) -> Result<u64> {
     let conn = rusqlite::Connection::open(dir.join(crate::DATABASE_FILE))?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     drop(conn);
-    let meta = std::fs::metadata(dir.join(crate::DATABASE_FILE)).map_err(|source| {
-        crate::Error::Io {
+    let meta =
+        std::fs::metadata(dir.join(crate::DATABASE_FILE)).map_err(|source| crate::Error::Io {
             what: "reading the database size".into(),
             source,
-        }
-    })?;
+        })?;
     Ok(meta.len())
 }
 
@@ -280,12 +326,48 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("ledger benchmark ({cores} cores available)");
     let runs: [(&str, Durability, bool, u64, usize); 6] = [
-        ("NORMAL, group commit, 1 record per append", Durability::Process, false, 2_000 * scale, 1),
-        ("NORMAL, one transaction per record", Durability::Process, true, 100 * scale, 1),
-        ("NORMAL, group commit, 64 records per append_batch", Durability::Process, false, 6_400 * scale, 64),
-        ("FULL, group commit, 1 record per append", Durability::PowerLoss, false, 200 * scale, 1),
-        ("FULL, one transaction per record", Durability::PowerLoss, true, 10 * scale, 1),
-        ("FULL, group commit, 64 records per append_batch", Durability::PowerLoss, false, 640 * scale, 64),
+        (
+            "NORMAL, group commit, 1 record per append",
+            Durability::Process,
+            false,
+            2_000 * scale,
+            1,
+        ),
+        (
+            "NORMAL, one transaction per record",
+            Durability::Process,
+            true,
+            100 * scale,
+            1,
+        ),
+        (
+            "NORMAL, group commit, 64 records per append_batch",
+            Durability::Process,
+            false,
+            6_400 * scale,
+            64,
+        ),
+        (
+            "FULL, group commit, 1 record per append",
+            Durability::PowerLoss,
+            false,
+            200 * scale,
+            1,
+        ),
+        (
+            "FULL, one transaction per record",
+            Durability::PowerLoss,
+            true,
+            10 * scale,
+            1,
+        ),
+        (
+            "FULL, group commit, 64 records per append_batch",
+            Durability::PowerLoss,
+            false,
+            640 * scale,
+            64,
+        ),
     ];
     for (index, (label, durability, transaction_per_record, per_producer, per_call)) in
         runs.into_iter().enumerate()
@@ -307,6 +389,10 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             result.elapsed
         );
     }
+    println!(
+        "thread hand-off alone (no database), {PRODUCERS} producers: {:>9.0} round trips/s",
+        handoff_ceiling(PRODUCERS, 2_000 * scale)
+    );
     let records = if quick { 100_000 } else { AGGREGATION_RECORDS };
     let aggregation = aggregation(&dir.join("aggregate"), records)?;
     println!(

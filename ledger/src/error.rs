@@ -86,7 +86,9 @@ pub enum Error {
         tenant: i64,
     },
     /// The period has already been finalized for this tenant.
-    #[error("period starting at {period_start_ms} is already finalized as invoice {number} for tenant {tenant}")]
+    #[error(
+        "period starting at {period_start_ms} is already finalized as invoice {number} for tenant {tenant}"
+    )]
     PeriodAlreadyFinalized {
         /// The tenant id.
         tenant: i64,
@@ -96,7 +98,9 @@ pub enum Error {
         number: u64,
     },
     /// A period must start at or after the end of the tenant's last finalized period.
-    #[error("period starting at {period_start_ms} is before the end of the last finalized period ({closed_until_ms})")]
+    #[error(
+        "period starting at {period_start_ms} is before the end of the last finalized period ({closed_until_ms})"
+    )]
     PeriodClosed {
         /// Start of the requested period.
         period_start_ms: i64,
@@ -104,7 +108,9 @@ pub enum Error {
         closed_until_ms: i64,
     },
     /// A subscription change would rewrite an already invoiced period.
-    #[error("subscription from {from_ms} falls into an already finalized period (closed until {closed_until_ms})")]
+    #[error(
+        "subscription from {from_ms} falls into an already finalized period (closed until {closed_until_ms})"
+    )]
     SubscriptionInClosedPeriod {
         /// Requested start.
         from_ms: i64,

@@ -16,11 +16,13 @@ use std::collections::{BTreeMap, HashMap};
 use rusqlite::{Connection, OptionalExtension, params};
 use tally_pricing::{Currency, Decimal, Meter, PricedInvoice, UnixMillis, UsageAggregate};
 
+use crate::DAY_MS;
 use crate::error::{Error, Result, invalid, not_found};
-use crate::sqlite::{METERS_SELECT, int_at, chain_head, decode_meters, get_tenant, plan_document, subscriptions};
+use crate::sqlite::{
+    METERS_SELECT, chain_head, decode_meters, get_tenant, int_at, plan_document, subscriptions,
+};
 use crate::types::*;
 use crate::writer::WriterState;
-use crate::DAY_MS;
 
 /// Nanoseconds per second: `memory_byte_seconds = floor(Σ memory_byte_ns / 10^9)` per aggregate.
 pub const NANOS_PER_SECOND: u128 = 1_000_000_000;
@@ -216,8 +218,8 @@ pub(crate) fn draft(
     let mut plans = HashMap::new();
     let mut segments: Vec<(i64, usize)> = Vec::new(); // (start, part index)
     for (index, part) in parts.iter().enumerate() {
-        if !plans.contains_key(&part.plan) {
-            plans.insert(part.plan, plan_document(conn, part.plan)?);
+        if let std::collections::hash_map::Entry::Vacant(entry) = plans.entry(part.plan) {
+            entry.insert(plan_document(conn, part.plan)?);
         }
         segments.push((part.start_ms, index));
         for version in plans[&part.plan].versions() {
@@ -310,8 +312,16 @@ pub(crate) fn draft(
         while let Some(row) = rows.next()? {
             let meters = decode_meters(row, 3)?;
             let started_ms: i64 = row.get(2)?;
-            assert!(started_ms < prev_end, "a late record starts before the closed period's end");
-            add_late(FunctionId(row.get(0)?), row.get::<_, i64>(1)? as u64, started_ms, &meters);
+            assert!(
+                started_ms < prev_end,
+                "a late record starts before the closed period's end"
+            );
+            add_late(
+                FunctionId(row.get(0)?),
+                row.get::<_, i64>(1)? as u64,
+                started_ms,
+                &meters,
+            );
         }
     }
     let names = function_names(conn, tenant)?;
@@ -325,7 +335,10 @@ pub(crate) fn draft(
     for ((function, _), mut usage) in late {
         usage.function = name_of(function)?;
         // Late usage is priced at the start of the period, under the first part.
-        totals.entry((0, function)).or_default().merge(&usage.totals);
+        totals
+            .entry((0, function))
+            .or_default()
+            .merge(&usage.totals);
         records += usage.totals.invocations;
         late_usage.push(usage);
     }
@@ -383,7 +396,8 @@ pub(crate) fn draft(
 }
 
 fn function_names(conn: &Connection, tenant: TenantId) -> Result<HashMap<FunctionId, String>> {
-    let mut statement = conn.prepare_cached("SELECT id, name FROM functions WHERE tenant_id = ?1")?;
+    let mut statement =
+        conn.prepare_cached("SELECT id, name FROM functions WHERE tenant_id = ?1")?;
     let rows = statement.query_map([tenant.0], |row| Ok((FunctionId(row.get(0)?), row.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -425,7 +439,11 @@ fn late_from_json(value: &serde_json::Value) -> Result<Vec<LateUsage>> {
     let list = value.as_array().ok_or_else(|| bad("not an array"))?;
     let mut out = Vec::with_capacity(list.len());
     for item in list {
-        let int = |key: &str| item.get(key).and_then(serde_json::Value::as_i64).ok_or_else(|| bad(key));
+        let int = |key: &str| {
+            item.get(key)
+                .and_then(serde_json::Value::as_i64)
+                .ok_or_else(|| bad(key))
+        };
         let totals = item.get("totals").ok_or_else(|| bad("totals"))?;
         let quantity = |key: &str| -> Result<u128> {
             totals
@@ -444,7 +462,8 @@ fn late_from_json(value: &serde_json::Value) -> Result<Vec<LateUsage>> {
             first_started_ms: int("first_started_ms")?,
             seq_range: (int("seq_first")? as u64, int("seq_last")? as u64),
             totals: MeterTotals {
-                invocations: u64::try_from(quantity("invocations")?).map_err(|_| bad("invocations"))?,
+                invocations: u64::try_from(quantity("invocations")?)
+                    .map_err(|_| bad("invocations"))?,
                 ops: quantity("ops")?,
                 memory_peak_bytes: quantity("memory_peak_bytes")?,
                 memory_ops_integral: quantity("memory_ops_integral")?,
@@ -620,8 +639,9 @@ pub(crate) fn get(conn: &Connection, id: InvoiceId) -> Result<Invoice> {
 }
 
 pub(crate) fn list(conn: &Connection, tenant: TenantId) -> Result<Vec<Invoice>> {
-    let mut statement =
-        conn.prepare_cached(&format!("{INVOICE_SELECT} WHERE tenant_id = ?1 ORDER BY number"))?;
+    let mut statement = conn.prepare_cached(&format!(
+        "{INVOICE_SELECT} WHERE tenant_id = ?1 ORDER BY number"
+    ))?;
     let mut rows = statement.query([tenant.0])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {

@@ -173,8 +173,12 @@ pub trait Ledger: Send + Sync {
     fn list_plans(&self) -> Result<Vec<Plan>>;
     /// Adds a version (one element of a pricing document's `versions`); the whole plan is
     /// revalidated.
-    fn add_plan_version(&self, plan: PlanId, version_json: &str, now_ms: i64)
-    -> Result<PlanVersion>;
+    fn add_plan_version(
+        &self,
+        plan: PlanId,
+        version_json: &str,
+        now_ms: i64,
+    ) -> Result<PlanVersion>;
     /// Replaces a version that has not priced a finalized invoice yet
     /// ([`Error::PlanVersionInUse`] otherwise).
     fn update_plan_version(&self, id: PlanVersionId, version_json: &str) -> Result<PlanVersion>;

@@ -8,14 +8,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::chain::{self, ChainFields, GENESIS_HASH};
 use crate::error::{Error, Result, invalid, not_found};
-use crate::schema;
 use crate::invoice::Invoice;
+use crate::schema;
 use crate::types::*;
 use crate::writer::{Writer, WriterState};
 use crate::{
-    API_KEY_PREFIX_CHARS, API_KEY_RANDOM_BYTES, BATCH_RECORDS_MAX, DAILY_SUMMARY_DAYS_MAX, DAY_MS, FUNCTION_NAME_BYTES_MAX,
-    JSON_BYTES_MAX, Ledger, NAME_BYTES_MAX, PAGE_RECORDS_MAX, READER_CONNECTIONS_IDLE_MAX,
-    VERIFY_PAGE_RECORDS,
+    API_KEY_PREFIX_CHARS, API_KEY_RANDOM_BYTES, BATCH_RECORDS_MAX, DAILY_SUMMARY_DAYS_MAX, DAY_MS,
+    FUNCTION_NAME_BYTES_MAX, JSON_BYTES_MAX, Ledger, NAME_BYTES_MAX, PAGE_RECORDS_MAX,
+    READER_CONNECTIONS_IDLE_MAX, VERIFY_PAGE_RECORDS,
 };
 
 /// File name of the database inside the data directory.
@@ -116,7 +116,9 @@ impl SqliteLedger {
         configure(&conn)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Corrupt(format!("journal mode {mode} instead of wal")));
+            return Err(Error::Corrupt(format!(
+                "journal mode {mode} instead of wal"
+            )));
         }
         let synchronous = match options.durability {
             Durability::Process => "NORMAL",
@@ -124,7 +126,11 @@ impl SqliteLedger {
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
         schema::migrate(&mut conn)?;
-        let batch_records_max = if options.transaction_per_record { 1 } else { BATCH_RECORDS_MAX };
+        let batch_records_max = if options.transaction_per_record {
+            1
+        } else {
+            BATCH_RECORDS_MAX
+        };
         let writer = Writer::spawn(WriterState::new(conn)?, batch_records_max)?;
         Ok(SqliteLedger {
             writer,
@@ -173,7 +179,7 @@ impl SqliteLedger {
         };
         let result = in_read_tx(&conn, f);
         let mut idle = readers.idle.lock().expect("reader pool poisoned");
-        if idle.len() < READER_CONNECTIONS_IDLE_MAX && !conn.is_autocommit().eq(&false) {
+        if idle.len() < READER_CONNECTIONS_IDLE_MAX && conn.is_autocommit() {
             idle.push(conn);
         }
         result
@@ -212,7 +218,10 @@ fn in_read_tx<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) ->
 
 fn check_name(field: &'static str, name: &str, max: usize) -> Result<()> {
     if name.is_empty() || name.len() > max {
-        return Err(invalid(field, format!("length {} is not in 1..={max} bytes", name.len())));
+        return Err(invalid(
+            field,
+            format!("length {} is not in 1..={max} bytes", name.len()),
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(invalid(field, "contains control characters"));
@@ -223,7 +232,10 @@ fn check_name(field: &'static str, name: &str, max: usize) -> Result<()> {
 fn check_json(field: &'static str, value: &serde_json::Value) -> Result<String> {
     let text = value.to_string();
     if text.len() > JSON_BYTES_MAX {
-        return Err(invalid(field, format!("longer than {JSON_BYTES_MAX} bytes")));
+        return Err(invalid(
+            field,
+            format!("longer than {JSON_BYTES_MAX} bytes"),
+        ));
     }
     Ok(text)
 }
@@ -346,7 +358,10 @@ fn decode_cursor(cursor: &str) -> Result<(i64, i64)> {
     let bad = || invalid("cursor", "not a cursor returned by this ledger");
     let rest = cursor.strip_prefix("v1.").ok_or_else(bad)?;
     let (started, seq) = rest.rsplit_once('.').ok_or_else(bad)?;
-    Ok((started.parse().map_err(|_| bad())?, seq.parse().map_err(|_| bad())?))
+    Ok((
+        started.parse().map_err(|_| bad())?,
+        seq.parse().map_err(|_| bad())?,
+    ))
 }
 
 fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
@@ -430,13 +445,14 @@ pub(crate) fn get_tenant(conn: &Connection, id: TenantId) -> Result<Tenant> {
 }
 
 pub(crate) fn chain_head(conn: &Connection) -> Result<(u64, Sha256)> {
-    let (seq, hash): (i64, Vec<u8>) = conn.query_row(
-        "SELECT seq, hash FROM usage_records ORDER BY seq DESC LIMIT 1",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )
-    .optional()?
-    .unwrap_or((0, GENESIS_HASH.to_vec()));
+    let (seq, hash): (i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT seq, hash FROM usage_records ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, GENESIS_HASH.to_vec()));
     Ok((seq as u64, to_sha(hash, "head hash")?))
 }
 
@@ -545,7 +561,6 @@ pub(crate) fn verify(conn: &Connection) -> Result<ChainVerdict> {
     })
 }
 
-
 fn hash_api_key(clear: &str) -> Sha256 {
     chain::sha256(clear.as_bytes())
 }
@@ -559,9 +574,15 @@ pub(crate) fn closed_until(conn: &Connection, tenant: TenantId) -> Result<Option
     )?)
 }
 
-fn parse_object(field: &'static str, text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn parse_object(
+    field: &'static str,
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     if text.len() > JSON_BYTES_MAX {
-        return Err(invalid(field, format!("longer than {JSON_BYTES_MAX} bytes")));
+        return Err(invalid(
+            field,
+            format!("longer than {JSON_BYTES_MAX} bytes"),
+        ));
     }
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
@@ -575,14 +596,20 @@ pub(crate) fn assemble_plan(header_json: &str, versions: &[String]) -> Result<ta
     let mut document = parse_object("plan", header_json)?;
     let mut list = Vec::with_capacity(versions.len());
     for text in versions {
-        list.push(serde_json::Value::Object(parse_object("plan version", text)?));
+        list.push(serde_json::Value::Object(parse_object(
+            "plan version",
+            text,
+        )?));
     }
     document.insert("versions".into(), serde_json::Value::Array(list));
     tally_pricing::Plan::from_json(&serde_json::Value::Object(document).to_string())
         .map_err(|e| Error::PlanRejected(e.to_string()))
 }
 
-pub(crate) fn plan_version_texts(conn: &Connection, plan: PlanId) -> Result<Vec<(PlanVersionId, u32, String)>> {
+pub(crate) fn plan_version_texts(
+    conn: &Connection,
+    plan: PlanId,
+) -> Result<Vec<(PlanVersionId, u32, String)>> {
     let mut statement = conn.prepare_cached(
         "SELECT id, version, pricing_json FROM plan_versions WHERE plan_id = ?1 ORDER BY version",
     )?;
@@ -888,8 +915,9 @@ impl Ledger for SqliteLedger {
     fn find_function(&self, tenant: TenantId, name: &str) -> Result<Option<Function>> {
         let name = name.to_owned();
         self.read(move |conn| {
-            let mut statement = conn
-                .prepare_cached(&format!("{FUNCTION_SELECT} WHERE tenant_id = ?1 AND name = ?2"))?;
+            let mut statement = conn.prepare_cached(&format!(
+                "{FUNCTION_SELECT} WHERE tenant_id = ?1 AND name = ?2"
+            ))?;
             let mut rows = statement.query(params![tenant.0, name])?;
             rows.next()?.map(function_from_row).transpose()
         })
@@ -897,8 +925,9 @@ impl Ledger for SqliteLedger {
 
     fn list_functions(&self, tenant: TenantId) -> Result<Vec<Function>> {
         self.read(move |conn| {
-            let mut statement = conn
-                .prepare_cached(&format!("{FUNCTION_SELECT} WHERE tenant_id = ?1 ORDER BY name"))?;
+            let mut statement = conn.prepare_cached(&format!(
+                "{FUNCTION_SELECT} WHERE tenant_id = ?1 ORDER BY name"
+            ))?;
             let mut rows = statement.query([tenant.0])?;
             let mut functions = Vec::new();
             while let Some(row) = rows.next()? {
@@ -910,7 +939,8 @@ impl Ledger for SqliteLedger {
 
     fn create_plan(&self, pricing_json: &str, now_ms: i64) -> Result<(Plan, Vec<PlanVersion>)> {
         let mut document = parse_object("plan", pricing_json)?;
-        tally_pricing::Plan::from_json(pricing_json).map_err(|e| Error::PlanRejected(e.to_string()))?;
+        tally_pricing::Plan::from_json(pricing_json)
+            .map_err(|e| Error::PlanRejected(e.to_string()))?;
         let versions = match document.remove("versions") {
             Some(serde_json::Value::Array(versions)) => versions,
             _ => return Err(invalid("plan", "has no `versions` array")),
@@ -929,7 +959,10 @@ impl Ledger for SqliteLedger {
             );
             match inserted {
                 Err(e) if is_unique_violation(&e) => {
-                    return Err(Error::AlreadyExists { what: "plan", key: name });
+                    return Err(Error::AlreadyExists {
+                        what: "plan",
+                        key: name,
+                    });
                 }
                 Err(e) => return Err(e.into()),
                 Ok(_) => {}
@@ -972,7 +1005,9 @@ impl Ledger for SqliteLedger {
         let name = name.to_owned();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT id, name, header_json, created_ms FROM plans WHERE name = ?1")?
+                .prepare_cached(
+                    "SELECT id, name, header_json, created_ms FROM plans WHERE name = ?1",
+                )?
                 .query_row([name], plan_from_row)
                 .optional()?)
         })
@@ -980,14 +1015,20 @@ impl Ledger for SqliteLedger {
 
     fn list_plans(&self) -> Result<Vec<Plan>> {
         self.read(|conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT id, name, header_json, created_ms FROM plans ORDER BY id")?;
+            let mut statement = conn.prepare_cached(
+                "SELECT id, name, header_json, created_ms FROM plans ORDER BY id",
+            )?;
             let rows = statement.query_map([], plan_from_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
 
-    fn add_plan_version(&self, plan: PlanId, version_json: &str, now_ms: i64) -> Result<PlanVersion> {
+    fn add_plan_version(
+        &self,
+        plan: PlanId,
+        version_json: &str,
+        now_ms: i64,
+    ) -> Result<PlanVersion> {
         let map = parse_object("plan version", version_json)?;
         let number = version_number(&map)?;
         let text = serde_json::Value::Object(map).to_string();
@@ -1027,7 +1068,11 @@ impl Ledger for SqliteLedger {
         self.write(move |state| {
             let mut current = state
                 .conn
-                .query_row(&format!("{PLAN_VERSION_SELECT} WHERE id = ?1"), [id.0], plan_version_from_row)
+                .query_row(
+                    &format!("{PLAN_VERSION_SELECT} WHERE id = ?1"),
+                    [id.0],
+                    plan_version_from_row,
+                )
                 .optional()?
                 .ok_or_else(|| not_found("plan version", id))?;
             if current.version != number {
@@ -1058,8 +1103,9 @@ impl Ledger for SqliteLedger {
 
     fn list_plan_versions(&self, plan: PlanId) -> Result<Vec<PlanVersion>> {
         self.read(move |conn| {
-            let mut statement = conn
-                .prepare_cached(&format!("{PLAN_VERSION_SELECT} WHERE plan_id = ?1 ORDER BY version"))?;
+            let mut statement = conn.prepare_cached(&format!(
+                "{PLAN_VERSION_SELECT} WHERE plan_id = ?1 ORDER BY version"
+            ))?;
             let rows = statement.query_map([plan.0], plan_version_from_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
@@ -1115,7 +1161,10 @@ impl Ledger for SqliteLedger {
         if records.len() > BATCH_RECORDS_MAX {
             return Err(invalid(
                 "records",
-                format!("{} records exceed the batch limit of {BATCH_RECORDS_MAX}", records.len()),
+                format!(
+                    "{} records exceed the batch limit of {BATCH_RECORDS_MAX}",
+                    records.len()
+                ),
             ));
         }
         if records.is_empty() {
@@ -1141,7 +1190,10 @@ impl Ledger for SqliteLedger {
 
     fn list_usage(&self, query: &UsageQuery) -> Result<UsagePage> {
         if query.limit == 0 || query.limit > PAGE_RECORDS_MAX {
-            return Err(invalid("limit", format!("is not in 1..={PAGE_RECORDS_MAX}")));
+            return Err(invalid(
+                "limit",
+                format!("is not in 1..={PAGE_RECORDS_MAX}"),
+            ));
         }
         let after = match &query.cursor {
             None => (i64::MIN, 0),
@@ -1227,7 +1279,10 @@ impl Ledger for SqliteLedger {
 
     fn void_invoice(&self, id: InvoiceId, reason: &str, now_ms: i64) -> Result<Invoice> {
         if reason.len() > crate::VOID_REASON_BYTES_MAX {
-            return Err(invalid("reason", format!("longer than {} bytes", crate::VOID_REASON_BYTES_MAX)));
+            return Err(invalid(
+                "reason",
+                format!("longer than {} bytes", crate::VOID_REASON_BYTES_MAX),
+            ));
         }
         let reason = reason.to_owned();
         self.write(move |state| crate::invoice::void(&state.conn, id, &reason, now_ms))

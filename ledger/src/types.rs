@@ -328,7 +328,10 @@ impl Period {
     /// Checks `start_ms < end_ms`.
     pub fn new(start_ms: i64, end_ms: i64) -> Result<Period> {
         if start_ms >= end_ms {
-            return Err(invalid("period", format!("start {start_ms} is not before end {end_ms}")));
+            return Err(invalid(
+                "period",
+                format!("start {start_ms} is not before end {end_ms}"),
+            ));
         }
         Ok(Period { start_ms, end_ms })
     }
@@ -497,8 +500,14 @@ impl std::fmt::Display for ChainBreak {
                 hex::encode(stored),
                 hex::encode(computed)
             ),
-            ChainBreakKind::Missing { found_seq: Some(found) } => {
-                write!(f, "record {} is missing (next present is {found})", self.seq)
+            ChainBreakKind::Missing {
+                found_seq: Some(found),
+            } => {
+                write!(
+                    f,
+                    "record {} is missing (next present is {found})",
+                    self.seq
+                )
             }
             ChainBreakKind::Missing { found_seq: None } => {
                 write!(f, "record {} is missing", self.seq)

@@ -17,16 +17,19 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::chain::{self, ChainFields, GENESIS_HASH};
 use crate::error::{Error, Result, invalid, not_found};
 use crate::sqlite::{RECORD_FROM, RECORD_SELECT, decode_record};
-use crate::types::{
-    Appended, FunctionId, ModuleId, NewUsageRecord, Sha256, TenantId, UsageRecord,
+use crate::types::{Appended, FunctionId, ModuleId, NewUsageRecord, Sha256, TenantId, UsageRecord};
+use crate::{
+    BATCH_RECORDS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, TRAP_MESSAGE_BYTES_MAX, WRITER_QUEUE_COMMANDS_MAX,
 };
-use crate::{BATCH_RECORDS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, TRAP_MESSAGE_BYTES_MAX, WRITER_QUEUE_COMMANDS_MAX};
 
 /// A one-shot reply slot.
 pub(crate) type Reply<T> = SyncSender<T>;
 
 /// A unit of work for the writer thread.
 pub(crate) type Job = Box<dyn FnOnce(&mut WriterState) + Send>;
+
+/// Records of one append call and where to send their results.
+pub(crate) type PendingAppend = (Vec<NewUsageRecord>, Reply<Vec<Result<Appended>>>);
 
 pub(crate) enum Command {
     Append {
@@ -86,7 +89,8 @@ impl WriterState {
                 self.head_hash = GENESIS_HASH;
             }
             Some((seq, hash)) => {
-                self.head_seq = u64::try_from(seq).map_err(|_| Error::Corrupt(format!("seq {seq}")))?;
+                self.head_seq =
+                    u64::try_from(seq).map_err(|_| Error::Corrupt(format!("seq {seq}")))?;
                 self.head_hash = hash
                     .try_into()
                     .map_err(|_| Error::Corrupt(format!("hash of record {seq}")))?;
@@ -119,8 +123,12 @@ impl WriterState {
         }
         let row: Option<(i64, Vec<u8>, String)> = self
             .conn
-            .prepare_cached("SELECT tenant_id, original_sha256, cost_table FROM modules WHERE id = ?1")?
-            .query_row([module.0], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .prepare_cached(
+                "SELECT tenant_id, original_sha256, cost_table FROM modules WHERE id = ?1",
+            )?
+            .query_row([module.0], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
             .optional()?;
         let (tenant, sha, cost_table) = row.ok_or_else(|| not_found("module", module))?;
         let info = ModuleInfo {
@@ -233,7 +241,9 @@ impl WriterState {
             .prepare_cached(&format!(
                 "{RECORD_SELECT} {RECORD_FROM} WHERE r.tenant_id = ?1 AND r.idempotency_key = ?2"
             ))?
-            .query_row(params![r.tenant.0, r.idempotency_key], |row| Ok(decode_record(row)))?
+            .query_row(params![r.tenant.0, r.idempotency_key], |row| {
+                Ok(decode_record(row))
+            })?
             .map_err(Error::Corrupt)?;
         let fields = differing_fields(&existing.record, r);
         if fields.is_empty() {
@@ -251,7 +261,7 @@ impl WriterState {
     }
 
     /// Appends a batch of commands' records in one transaction.
-    fn commit_batch(&mut self, batch: Vec<(Vec<NewUsageRecord>, Reply<Vec<Result<Appended>>>)>) {
+    fn commit_batch(&mut self, batch: Vec<PendingAppend>) {
         let head_before = (self.head_seq, self.head_hash);
         let result = (|| -> Result<Vec<Vec<Result<Appended>>>> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -336,12 +346,21 @@ pub(crate) fn differing_fields(a: &NewUsageRecord, b: &NewUsageRecord) -> Vec<&'
     check("started_ms", a.started_ms == b.started_ms);
     check("finished_ms", a.finished_ms == b.finished_ms);
     check("outcome.kind", a.outcome.kind == b.outcome.kind);
-    check("outcome.exit_code", a.outcome.exit_code == b.outcome.exit_code);
+    check(
+        "outcome.exit_code",
+        a.outcome.exit_code == b.outcome.exit_code,
+    );
     check("outcome.trap", a.outcome.trap == b.outcome.trap);
     let (x, y) = (&a.meters, &b.meters);
     check("ops", x.ops == y.ops);
-    check("memory_peak_bytes", x.memory_peak_bytes == y.memory_peak_bytes);
-    check("memory_ops_integral", x.memory_ops_integral == y.memory_ops_integral);
+    check(
+        "memory_peak_bytes",
+        x.memory_peak_bytes == y.memory_peak_bytes,
+    );
+    check(
+        "memory_ops_integral",
+        x.memory_ops_integral == y.memory_ops_integral,
+    );
     check("memory_byte_ns", x.memory_byte_ns == y.memory_byte_ns);
     check("io_in_bytes", x.io_in_bytes == y.io_in_bytes);
     check("io_out_bytes", x.io_out_bytes == y.io_out_bytes);

@@ -12,7 +12,13 @@ const RECORDS: u64 = 50;
 fn tampered(edit: &str) -> ChainVerdict {
     let (dir, ledger, fixture) = file_ledger();
     append_many(ledger.as_ref(), &fixture, RECORDS);
-    assert!(matches!(ledger.verify().unwrap(), ChainVerdict::Intact { records: RECORDS, .. }));
+    assert!(matches!(
+        ledger.verify().unwrap(),
+        ChainVerdict::Intact {
+            records: RECORDS,
+            ..
+        }
+    ));
     drop(ledger);
     let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
     // An attacker with the file drops the append-only triggers first.
@@ -30,7 +36,11 @@ fn broken_at(verdict: ChainVerdict) -> (u64, ChainBreakKind) {
     match verdict {
         ChainVerdict::Broken(chain_break) => {
             // The message names the record.
-            assert!(chain_break.to_string().contains(&format!("record {}", chain_break.seq)));
+            assert!(
+                chain_break
+                    .to_string()
+                    .contains(&format!("record {}", chain_break.seq))
+            );
             (chain_break.seq, chain_break.kind)
         }
         ChainVerdict::Intact { .. } => panic!("tampering went unnoticed"),
@@ -54,7 +64,9 @@ fn an_intact_chain_verifies() {
 
 #[test]
 fn a_changed_meter_is_located() {
-    let (seq, kind) = broken_at(tampered("UPDATE usage_records SET ops = ops + 1 WHERE seq = 17"));
+    let (seq, kind) = broken_at(tampered(
+        "UPDATE usage_records SET ops = ops + 1 WHERE seq = 17",
+    ));
     assert_eq!(seq, 17);
     assert!(matches!(kind, ChainBreakKind::HashMismatch { .. }));
 }
@@ -80,7 +92,12 @@ fn a_changed_byte_of_the_stored_hash_is_located() {
 fn a_deleted_row_is_located() {
     let (seq, kind) = broken_at(tampered("DELETE FROM usage_records WHERE seq = 23"));
     assert_eq!(seq, 23);
-    assert_eq!(kind, ChainBreakKind::Missing { found_seq: Some(24) });
+    assert_eq!(
+        kind,
+        ChainBreakKind::Missing {
+            found_seq: Some(24)
+        }
+    );
 }
 
 #[test]
@@ -96,13 +113,17 @@ fn two_reordered_rows_are_located() {
 
 #[test]
 fn a_deleted_last_row_is_detected_by_the_recorded_head() {
-    let (seq, _) = broken_at(tampered(&format!("DELETE FROM usage_records WHERE seq = {RECORDS}")));
+    let (seq, _) = broken_at(tampered(&format!(
+        "DELETE FROM usage_records WHERE seq = {RECORDS}"
+    )));
     assert_eq!(seq, RECORDS);
 }
 
 #[test]
 fn a_changed_module_hash_is_detected_at_its_first_record() {
-    let (seq, _) = broken_at(tampered("UPDATE modules SET original_sha256 = zeroblob(32)"));
+    let (seq, _) = broken_at(tampered(
+        "UPDATE modules SET original_sha256 = zeroblob(32)",
+    ));
     assert_eq!(seq, 1);
 }
 
@@ -126,7 +147,11 @@ fn an_audit_record_carries_bytes_that_hash_to_its_hash() {
         let audit = ledger.audit_record(seq).unwrap().unwrap();
         let digest: [u8; 32] = Sha256::digest(&audit.canonical_bytes).into();
         assert_eq!(digest, audit.record.hash);
-        assert!(audit.canonical_bytes.starts_with(tally_ledger::RECORD_DOMAIN_TAG));
+        assert!(
+            audit
+                .canonical_bytes
+                .starts_with(tally_ledger::RECORD_DOMAIN_TAG)
+        );
         assert_eq!(&audit.canonical_bytes[23..55], &audit.record.prev_hash);
         if seq > 1 {
             let previous = ledger.get_usage(seq - 1).unwrap().unwrap();

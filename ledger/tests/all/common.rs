@@ -30,7 +30,9 @@ pub fn record(fixture: &Fixture, n: u64, offset_ms: i64) -> NewUsageRecord {
 /// Appends `count` records, one a minute from the start of November 2026.
 pub fn append_many(ledger: &dyn Ledger, fixture: &Fixture, count: u64) {
     for n in 0..count {
-        let appended = ledger.append(record(fixture, n, n as i64 * 60_000)).expect("append");
+        let appended = ledger
+            .append(record(fixture, n, n as i64 * 60_000))
+            .expect("append");
         assert!(appended.created);
         assert_eq!(appended.record.seq, n + 1);
     }

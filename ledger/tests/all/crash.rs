@@ -38,7 +38,8 @@ fn crash_child() {
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     std::thread::scope(|scope| {
         for producer in 0..CHILD_PRODUCERS {
-            let (ledger, fixture, stdout) = (Arc::clone(&ledger), fixture.clone(), Arc::clone(&stdout));
+            let (ledger, fixture, stdout) =
+                (Arc::clone(&ledger), fixture.clone(), Arc::clone(&stdout));
             scope.spawn(move || {
                 let prefix = format!("r{run}p{producer}");
                 for n in 0.. {
@@ -46,7 +47,12 @@ fn crash_child() {
                     let appended = ledger.append(record).unwrap();
                     // Printed only after the append returned: acknowledged.
                     let mut out = stdout.lock().unwrap();
-                    writeln!(out, "ack {} {}", appended.record.record.idempotency_key, appended.record.seq).unwrap();
+                    writeln!(
+                        out,
+                        "ack {} {}",
+                        appended.record.record.idempotency_key, appended.record.seq
+                    )
+                    .unwrap();
                     out.flush().unwrap();
                 }
             });
@@ -55,7 +61,10 @@ fn crash_child() {
 }
 
 fn random_below(limit: u64) -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
     // splitmix64 of the clock: good enough to vary the kill moment.
     let mut z = nanos.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -70,7 +79,12 @@ fn acknowledged_appends_survive_sigkill() {
     let mut acknowledged: HashMap<String, u64> = HashMap::new();
     for run in 0..CRASHES {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash::crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR_VAR, dir.path())
             .env(CHILD_RUN_VAR, run.to_string())
             .stdout(Stdio::piped())
@@ -95,7 +109,10 @@ fn acknowledged_appends_survive_sigkill() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acks = reader.join().unwrap();
-        assert!(!acks.is_empty() || started.elapsed() < Duration::from_millis(100), "child made no progress in run {run}");
+        assert!(
+            !acks.is_empty() || started.elapsed() < Duration::from_millis(100),
+            "child made no progress in run {run}"
+        );
         for (key, seq) in acks {
             assert!(acknowledged.insert(key, seq).is_none());
         }
@@ -106,7 +123,10 @@ fn acknowledged_appends_survive_sigkill() {
             broken => panic!("chain broken after crash {run}: {broken:?}"),
         };
         for (key, seq) in &acknowledged {
-            let record = ledger.get_usage(*seq).unwrap().unwrap_or_else(|| panic!("acknowledged {key} lost"));
+            let record = ledger
+                .get_usage(*seq)
+                .unwrap()
+                .unwrap_or_else(|| panic!("acknowledged {key} lost"));
             assert_eq!(&record.record.idempotency_key, key);
         }
         assert!(head as usize >= acknowledged.len());
@@ -122,7 +142,14 @@ fn acknowledged_appends_survive_sigkill() {
             .append(sample_record(&fixture, &format!("parent{run}"), 0, 0))
             .unwrap();
         assert_eq!(next.record.seq, head + 1);
-        assert_eq!(next.record.prev_hash, ledger.get_usage(head).unwrap().unwrap().hash);
+        assert_eq!(
+            next.record.prev_hash,
+            ledger.get_usage(head).unwrap().unwrap().hash
+        );
     }
-    assert!(acknowledged.len() > 100, "only {} acknowledged appends", acknowledged.len());
+    assert!(
+        acknowledged.len() > 100,
+        "only {} acknowledged appends",
+        acknowledged.len()
+    );
 }

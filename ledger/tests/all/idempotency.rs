@@ -47,7 +47,10 @@ fn the_same_key_is_independent_per_tenant() {
     let a = ledger.append(record(&acme, 1, 0)).unwrap();
     let b = ledger.append(record(&other, 1, 0)).unwrap();
     assert!(a.created && b.created);
-    assert_eq!(a.record.record.idempotency_key, b.record.record.idempotency_key);
+    assert_eq!(
+        a.record.record.idempotency_key,
+        b.record.record.idempotency_key
+    );
 }
 
 #[test]
@@ -60,7 +63,12 @@ fn concurrent_retries_store_one_record() {
                 let fixture = fixture.clone();
                 scope.spawn(move || {
                     (0..50)
-                        .filter(|n| ledger.append(record(&fixture, *n, *n as i64)).unwrap().created)
+                        .filter(|n| {
+                            ledger
+                                .append(record(&fixture, *n, *n as i64))
+                                .unwrap()
+                                .created
+                        })
                         .count()
                 })
             })
@@ -77,7 +85,11 @@ fn duplicate_keys_inside_one_batch_store_one_record() {
     let mut conflicting = record(&fixture, 1, 0);
     conflicting.meters.host_calls = 99;
     let results = ledger
-        .append_batch(vec![record(&fixture, 1, 0), record(&fixture, 1, 0), conflicting])
+        .append_batch(vec![
+            record(&fixture, 1, 0),
+            record(&fixture, 1, 0),
+            conflicting,
+        ])
         .unwrap();
     assert!(results[0].as_ref().unwrap().created);
     assert!(!results[1].as_ref().unwrap().created);
@@ -93,10 +105,22 @@ fn keys_outside_the_length_limit_are_rejected() {
     let (ledger, fixture) = memory_ledger();
     let mut long = record(&fixture, 1, 0);
     long.idempotency_key = "x".repeat(IDEMPOTENCY_KEY_BYTES_MAX + 1);
-    assert!(matches!(ledger.append(long), Err(Error::Invalid { field: "idempotency_key", .. })));
+    assert!(matches!(
+        ledger.append(long),
+        Err(Error::Invalid {
+            field: "idempotency_key",
+            ..
+        })
+    ));
     let mut empty = record(&fixture, 1, 0);
     empty.idempotency_key.clear();
-    assert!(matches!(ledger.append(empty), Err(Error::Invalid { field: "idempotency_key", .. })));
+    assert!(matches!(
+        ledger.append(empty),
+        Err(Error::Invalid {
+            field: "idempotency_key",
+            ..
+        })
+    ));
     let mut exact = record(&fixture, 1, 0);
     exact.idempotency_key = "x".repeat(IDEMPOTENCY_KEY_BYTES_MAX);
     assert!(ledger.append(exact).unwrap().created);
@@ -108,10 +132,19 @@ fn records_of_another_tenants_function_are_rejected() {
     let other = fixture(&ledger, "globex").unwrap();
     let mut wrong = record(&acme, 1, 0);
     wrong.function = other.function;
-    assert!(matches!(ledger.append(wrong), Err(Error::NotFound { what: "function", .. })));
+    assert!(matches!(
+        ledger.append(wrong),
+        Err(Error::NotFound {
+            what: "function",
+            ..
+        })
+    ));
     let mut wrong = record(&acme, 1, 0);
     wrong.module = other.module;
-    assert!(matches!(ledger.append(wrong), Err(Error::NotFound { what: "module", .. })));
+    assert!(matches!(
+        ledger.append(wrong),
+        Err(Error::NotFound { what: "module", .. })
+    ));
     assert_eq!(ledger.chain_head().unwrap().0, 0);
 }
 

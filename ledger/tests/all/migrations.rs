@@ -10,7 +10,8 @@ fn a_database_from_a_newer_schema_is_refused() {
     let (dir, ledger, _) = file_ledger();
     drop(ledger);
     let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
     drop(conn);
     match SqliteLedger::open(dir.path()) {
         Err(error @ Error::SchemaTooNew { found, supported }) => {
@@ -34,13 +35,19 @@ fn reopening_keeps_data_and_continues_the_sequence() {
     assert_eq!(version, SCHEMA_VERSION);
     let appended = ledger.append(record(&fixture, 3, 1)).unwrap();
     assert_eq!(appended.record.seq, 4);
-    assert_eq!(appended.record.prev_hash, ledger.get_usage(3).unwrap().unwrap().hash);
+    assert_eq!(
+        appended.record.prev_hash,
+        ledger.get_usage(3).unwrap().unwrap().hash
+    );
 }
 
 #[test]
 fn a_second_writer_on_the_same_directory_is_refused() {
     let (dir, _ledger, _) = file_ledger();
-    assert!(matches!(SqliteLedger::open(dir.path()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        SqliteLedger::open(dir.path()),
+        Err(Error::Locked { .. })
+    ));
 }
 
 #[test]
@@ -57,7 +64,8 @@ fn api_keys_are_stored_hashed_and_resolve_until_revoked() {
     assert!(ledger.resolve_api_key(&created.clear).unwrap().is_none());
     drop(ledger);
     let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
     drop(conn);
     let bytes = std::fs::read(dir.path().join(DATABASE_FILE)).unwrap();
     let needle = &created.clear.as_bytes()[12..];

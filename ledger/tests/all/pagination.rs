@@ -67,7 +67,9 @@ fn pages_stay_stable_while_records_are_appended() {
 fn filters_and_limits_apply() {
     let (_dir, ledger, fixture) = file_ledger();
     for n in 0..10u64 {
-        ledger.append(record(&fixture, n, n as i64 * DAY_MS / 2)).unwrap();
+        ledger
+            .append(record(&fixture, n, n as i64 * DAY_MS / 2))
+            .unwrap();
     }
     let query = |function, range, limit| {
         ledger.list_usage(&UsageQuery {
@@ -78,14 +80,27 @@ fn filters_and_limits_apply() {
             limit,
         })
     };
-    let first_two_days = Period::new(NOVEMBER_2026_START_MS, NOVEMBER_2026_START_MS + 2 * DAY_MS).unwrap();
+    let first_two_days =
+        Period::new(NOVEMBER_2026_START_MS, NOVEMBER_2026_START_MS + 2 * DAY_MS).unwrap();
     assert_eq!(query(None, first_two_days, 100).unwrap().records.len(), 4);
-    assert_eq!(query(Some(fixture.function), first_two_days, 100).unwrap().records.len(), 4);
     assert_eq!(
-        query(Some(tally_ledger::FunctionId(9_999)), first_two_days, 100).unwrap().records.len(),
+        query(Some(fixture.function), first_two_days, 100)
+            .unwrap()
+            .records
+            .len(),
+        4
+    );
+    assert_eq!(
+        query(Some(tally_ledger::FunctionId(9_999)), first_two_days, 100)
+            .unwrap()
+            .records
+            .len(),
         0
     );
-    assert!(matches!(query(None, november(), 0), Err(Error::Invalid { field: "limit", .. })));
+    assert!(matches!(
+        query(None, november(), 0),
+        Err(Error::Invalid { field: "limit", .. })
+    ));
     assert!(matches!(
         query(None, november(), PAGE_RECORDS_MAX + 1),
         Err(Error::Invalid { field: "limit", .. })
@@ -97,7 +112,13 @@ fn filters_and_limits_apply() {
         cursor: Some("garbage".into()),
         limit: 10,
     });
-    assert!(matches!(bad_cursor, Err(Error::Invalid { field: "cursor", .. })));
+    assert!(matches!(
+        bad_cursor,
+        Err(Error::Invalid {
+            field: "cursor",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -113,7 +134,10 @@ fn daily_usage_sums_per_day_and_function() {
     let days = ledger.daily_usage(fixture.tenant.id, november()).unwrap();
     assert_eq!(days.len(), 3);
     for (index, day) in days.iter().enumerate() {
-        assert_eq!(day.day_start_ms, NOVEMBER_2026_START_MS + index as i64 * DAY_MS);
+        assert_eq!(
+            day.day_start_ms,
+            NOVEMBER_2026_START_MS + index as i64 * DAY_MS
+        );
         assert_eq!(day.function, fixture.function);
         assert_eq!(day.totals.invocations, 10);
         assert_eq!(day.totals.ops, expected_ops[index]);
