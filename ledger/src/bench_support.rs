@@ -75,7 +75,9 @@ pub fn fixture(ledger: &dyn Ledger, name: &str) -> Result<Fixture> {
     })
 }
 
-/// A realistic record: key `{prefix}-{n}` (a ULID-sized key), varied meters.
+/// A realistic record with varied meters and a time-ordered idempotency key
+/// `{started_ms:012x}-{prefix}-{n:08x}` (26 bytes with a 3-byte prefix, like a ULID: keys generated over time append at the
+/// right edge of the idempotency index).
 pub fn sample_record(fixture: &Fixture, prefix: &str, n: u64, started_ms: i64) -> NewUsageRecord {
     sample_record_for(
         fixture.tenant.id,
@@ -102,7 +104,7 @@ pub fn sample_record_for(
         tenant,
         function,
         module,
-        idempotency_key: format!("{prefix}-{n:016}"),
+        idempotency_key: format!("{started_ms:012x}-{prefix}-{n:08x}"),
         started_ms,
         finished_ms: started_ms + 1,
         outcome: Outcome {
@@ -139,6 +141,16 @@ impl Throughput {
     }
 }
 
+/// Shape of the idempotency keys in [`throughput`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// `{started_ms}-{producer}-{n}`: new keys land at the right edge of the index (ULID-like).
+    TimeOrdered,
+    /// `{producer}-{n}`: each producer writes its own region of the index, so every record of a
+    /// batch dirties a different index page (like random client keys).
+    Scattered,
+}
+
 /// `producers` threads each append `per_producer` records, `per_call` at a time (one call returns
 /// only once its records are committed), into a fresh ledger in `dir`.
 pub fn throughput(
@@ -147,6 +159,7 @@ pub fn throughput(
     producers: usize,
     per_producer: u64,
     per_call: usize,
+    keys: KeyOrder,
 ) -> Result<Throughput> {
     assert!(per_call >= 1 && per_producer.is_multiple_of(per_call as u64));
     let ledger = Arc::new(SqliteLedger::open_with(dir, options)?);
@@ -160,7 +173,12 @@ pub fn throughput(
                 scope.spawn(move || -> Result<()> {
                     let prefix = format!("p{p:02}");
                     let record = |n: u64| {
-                        sample_record(&fixture, &prefix, n, NOVEMBER_2026_START_MS + n as i64)
+                        let mut record =
+                            sample_record(&fixture, &prefix, n, NOVEMBER_2026_START_MS + n as i64);
+                        if keys == KeyOrder::Scattered {
+                            record.idempotency_key = format!("{prefix}-{n:016}");
+                        }
+                        record
                     };
                     if per_call == 1 {
                         for n in 0..per_producer {
@@ -325,13 +343,22 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
     let scale: u64 = if quick { 1 } else { 10 };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("ledger benchmark ({cores} cores available)");
-    let runs: [(&str, Durability, bool, u64, usize); 6] = [
+    let runs: [(&str, Durability, bool, u64, usize, KeyOrder); 7] = [
         (
             "NORMAL, group commit, 1 record per append",
             Durability::Process,
             false,
             2_000 * scale,
             1,
+            KeyOrder::TimeOrdered,
+        ),
+        (
+            "NORMAL, group commit, 1 record per append, scattered keys",
+            Durability::Process,
+            false,
+            2_000 * scale,
+            1,
+            KeyOrder::Scattered,
         ),
         (
             "NORMAL, one transaction per record",
@@ -339,6 +366,7 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             true,
             100 * scale,
             1,
+            KeyOrder::TimeOrdered,
         ),
         (
             "NORMAL, group commit, 64 records per append_batch",
@@ -346,6 +374,7 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             false,
             6_400 * scale,
             64,
+            KeyOrder::TimeOrdered,
         ),
         (
             "FULL, group commit, 1 record per append",
@@ -353,6 +382,7 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             false,
             200 * scale,
             1,
+            KeyOrder::TimeOrdered,
         ),
         (
             "FULL, one transaction per record",
@@ -360,6 +390,7 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             true,
             10 * scale,
             1,
+            KeyOrder::TimeOrdered,
         ),
         (
             "FULL, group commit, 64 records per append_batch",
@@ -367,9 +398,10 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             false,
             640 * scale,
             64,
+            KeyOrder::TimeOrdered,
         ),
     ];
-    for (index, (label, durability, transaction_per_record, per_producer, per_call)) in
+    for (index, (label, durability, transaction_per_record, per_producer, per_call, keys)) in
         runs.into_iter().enumerate()
     {
         let result = throughput(
@@ -381,6 +413,7 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             PRODUCERS,
             per_producer,
             per_call,
+            keys,
         )?;
         println!(
             "synchronous={label}, {PRODUCERS} producers: {:>9.0} acknowledged records/s ({} records in {:.2?})",
