@@ -75,10 +75,21 @@ pub enum Error {
     PlanVersionInUse(i64),
     /// The plan JSON was rejected by `tally-pricing`.
     #[error("plan rejected by pricing: {0}")]
-    PlanRejected(String),
+    PlanRejected(#[source] tally_pricing::Error),
     /// Pricing failed while computing an invoice.
     #[error("pricing failed: {0}")]
-    Pricing(String),
+    Pricing(#[source] tally_pricing::Error),
+    /// The plans subscribed during one period use different currencies.
+    #[error("subscribed plans mix currencies {first} and {other} within one period")]
+    MixedCurrencies {
+        /// Currency of the first subscription span.
+        first: &'static str,
+        /// A different currency.
+        other: &'static str,
+    },
+    /// An invoice sum does not fit in a decimal.
+    #[error("invoice {0} overflows")]
+    Overflow(&'static str),
     /// The tenant has no subscription covering any part of the period.
     #[error("tenant {tenant} has no subscription during the period")]
     NoSubscription {

@@ -236,11 +236,10 @@ pub(crate) fn draft(
     };
     let currency = plans[&parts[0].plan].currency();
     if let Some(other) = plans.values().find(|plan| plan.currency() != currency) {
-        return Err(Error::Pricing(format!(
-            "subscribed plans mix currencies {} and {}",
-            currency.code(),
-            other.currency().code()
-        )));
+        return Err(Error::MixedCurrencies {
+            first: currency.code(),
+            other: other.currency().code(),
+        });
     }
 
     // (segment, function) → totals
@@ -368,13 +367,13 @@ pub(crate) fn draft(
             usage,
             tally_pricing::Period::new(part.start_ms, part.end_ms),
         )
-        .map_err(|e| Error::Pricing(e.to_string()))?;
+        .map_err(Error::Pricing)?;
         subtotal = subtotal
             .checked_add(invoice.subtotal)
-            .ok_or_else(|| Error::Pricing("subtotal overflows".into()))?;
+            .ok_or(Error::Overflow("subtotal"))?;
         total = total
             .checked_add(invoice.total)
-            .ok_or_else(|| Error::Pricing("total overflows".into()))?;
+            .ok_or(Error::Overflow("total"))?;
         priced.push(invoice);
     }
     Ok(Invoice {
@@ -495,7 +494,7 @@ pub(crate) fn finalize(
         |row| row.get(0),
     )?;
     let priced_json = serde_json::to_string(&invoice.priced)
-        .map_err(|e| Error::Pricing(format!("serializing the priced invoice: {e}")))?;
+        .map_err(|e| Error::Corrupt(format!("serializing the priced invoice: {e}")))?;
     conn.execute(
         "INSERT INTO invoices (tenant_id, number, period_start_ms, period_end_ms, seq_from,
              seq_through, chain_hash, currency, records, subtotal, total, priced_json, late_json,

@@ -603,7 +603,7 @@ pub(crate) fn assemble_plan(header_json: &str, versions: &[String]) -> Result<ta
     }
     document.insert("versions".into(), serde_json::Value::Array(list));
     tally_pricing::Plan::from_json(&serde_json::Value::Object(document).to_string())
-        .map_err(|e| Error::PlanRejected(e.to_string()))
+        .map_err(Error::PlanRejected)
 }
 
 pub(crate) fn plan_version_texts(
@@ -939,8 +939,7 @@ impl Ledger for SqliteLedger {
 
     fn create_plan(&self, pricing_json: &str, now_ms: i64) -> Result<(Plan, Vec<PlanVersion>)> {
         let mut document = parse_object("plan", pricing_json)?;
-        tally_pricing::Plan::from_json(pricing_json)
-            .map_err(|e| Error::PlanRejected(e.to_string()))?;
+        tally_pricing::Plan::from_json(pricing_json).map_err(Error::PlanRejected)?;
         let versions = match document.remove("versions") {
             Some(serde_json::Value::Array(versions)) => versions,
             _ => return Err(invalid("plan", "has no `versions` array")),

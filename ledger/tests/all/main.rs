@@ -7,3 +7,4 @@ mod idempotency;
 mod invoices;
 mod migrations;
 mod pagination;
+mod properties;
