@@ -1,1 +1,49 @@
-fn main() {}
+//! `tally`: the command-line interface and HTTP server of the tally metering engine.
+
+mod ledger_cmd;
+mod meter_cmd;
+mod price_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tally: run WebAssembly functions metered to the instruction, and bill them exactly.
+#[derive(Parser)]
+#[command(name = "tally", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rewrite a module so that it counts its own work.
+    Instrument(meter_cmd::InstrumentArgs),
+    /// Instrument and run a WASI command locally, with a usage report.
+    Run(meter_cmd::RunArgs),
+    /// Price a usage document with a pricing plan.
+    Price(price_cmd::PriceArgs),
+    /// Verify the usage ledger's hash chain.
+    Audit(ledger_cmd::AuditArgs),
+    /// Draft or finalize a tenant's invoice for a month.
+    Invoice(ledger_cmd::InvoiceArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Instrument(args) => meter_cmd::instrument(args),
+        Command::Run(args) => meter_cmd::run(args),
+        Command::Price(args) => price_cmd::run(args),
+        Command::Audit(args) => ledger_cmd::run_audit(args),
+        Command::Invoice(args) => ledger_cmd::run_invoice(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("tally: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

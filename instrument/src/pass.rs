@@ -1,0 +1,909 @@
+//! The instrumentation pass: prepaid fall-through paths, charges on the edges that leave them.
+//!
+//! For every position `p` in a function, `phi(p)` is the weight of the straight-line path that
+//! starts at `p`: the instructions that run if no branch is taken, through the ends of
+//! enclosing blocks, into the prepaid arm of each `if`, stopping after the first instruction
+//! that never falls through (`br`, `br_table`, `return`, `unreachable`, a tail call). The
+//! invariant the rewritten code keeps is
+//!
+//! ```text
+//! count (local, and the global whenever no call is in progress) == executed + phi(p)
+//! ```
+//!
+//! Falling through keeps it for free; every edge that jumps from `p` to `q` adds
+//! `phi(q) - phi(p')` (with `p'` the point right after the branch), calls hand the callee an
+//! exact count, and a trap at instruction `x` is made exact by subtracting `phi(after x)`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, InstrSeqType, UnaryOp, Value};
+use walrus::{
+    ConstExpr, FunctionId, GlobalId, LocalFunction, LocalId, Module, ModuleConfig, ModuleTypes,
+    ValType,
+};
+
+use crate::cost::CostTable;
+use crate::meter::{MeterMap, Stats};
+use crate::{
+    BUDGET_GLOBAL, EXHAUSTED_GLOBAL, Error, FUNCTIONS_MAX, Instrumented, META_SECTION,
+    MODULE_BYTES_MAX, NESTING_DEPTH_MAX, OPS_GLOBAL, OPS_MAX, Options,
+};
+
+/// Rewrites `wasm` so that it counts its own work with the weights of `costs`.
+///
+/// See the crate documentation for the exact semantics of the count, the budget and traps.
+pub fn instrument(
+    wasm: &[u8],
+    costs: &CostTable,
+    options: &Options,
+) -> Result<Instrumented, Error> {
+    if wasm.len() > MODULE_BYTES_MAX {
+        return Err(Error::TooLarge(wasm.len()));
+    }
+    let weights = scan(wasm, costs)?;
+    let mut config = ModuleConfig::new();
+    config
+        .preserve_code_transform(true)
+        .generate_producers_section(false);
+    let mut module = config
+        .parse(wasm)
+        .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+    reject_reserved_names(&module)?;
+    if module.funcs.iter().count() > FUNCTIONS_MAX {
+        return Err(Error::Limit(format!(
+            "module has {} functions, more than the limit of {FUNCTIONS_MAX}",
+            module.funcs.iter().count()
+        )));
+    }
+
+    let ops = module
+        .globals
+        .add_local(ValType::I64, true, false, ConstExpr::Value(Value::I64(0)));
+    let budget_initial = options.initial_budget.min(OPS_MAX);
+    let budget = module.globals.add_local(
+        ValType::I64,
+        true,
+        false,
+        ConstExpr::Value(Value::I64(budget_initial as i64)),
+    );
+    let exhausted =
+        module
+            .globals
+            .add_local(ValType::I32, true, false, ConstExpr::Value(Value::I32(0)));
+    module.exports.add(OPS_GLOBAL, ops);
+    module.exports.add(BUDGET_GLOBAL, budget);
+    module.exports.add(EXHAUSTED_GLOBAL, exhausted);
+
+    let globals = Globals {
+        ops,
+        budget,
+        exhausted,
+    };
+    let mut stats = Stats {
+        input_bytes: wasm.len(),
+        ..Stats::default()
+    };
+    let mut corrections: Vec<(u32, u64)> = Vec::new();
+    let func_ids: Vec<FunctionId> = module.funcs.iter_local().map(|(id, _)| id).collect();
+    let walrus::Module {
+        funcs,
+        types,
+        locals,
+        ..
+    } = &mut module;
+    for id in func_ids {
+        let func = funcs.get_mut(id).kind.unwrap_local_mut();
+        let mut pass = FunctionPass {
+            func,
+            types,
+            weights: &weights,
+            costs,
+            globals,
+            count: locals.add(ValType::I64),
+            scratch: None,
+            budget_local: None,
+            phi: HashMap::new(),
+            cont: HashMap::new(),
+            loops: HashSet::new(),
+            targeted: HashSet::new(),
+            prepaid_alternative: HashSet::new(),
+            stats: &mut stats,
+            corrections: &mut corrections,
+        };
+        pass.run(locals)?;
+    }
+
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    module.customs.add(MeterSection {
+        payload: format!("{{\"cost_table\":\"{}\",\"format\":1}}", costs.id()),
+        captured: captured.clone(),
+    });
+    let out = module.emit_wasm();
+    let transform = std::mem::take(&mut *captured.lock().expect("meter section lock"));
+    let mut entries = Vec::with_capacity(corrections.len());
+    for (loc, correction) in corrections {
+        let Ok(index) = transform.binary_search_by_key(&loc, |&(l, _)| l) else {
+            continue; // the instruction was in code walrus dropped as unused
+        };
+        let offset = u32::try_from(transform[index].1).expect("offsets fit the module size");
+        entries.push((offset, correction));
+    }
+    stats.output_bytes = out.len();
+    Ok(Instrumented {
+        wasm: out,
+        meter_map: MeterMap::new(entries),
+        stats,
+    })
+}
+
+/// The globals the pass adds.
+#[derive(Clone, Copy)]
+struct Globals {
+    ops: GlobalId,
+    budget: GlobalId,
+    exhausted: GlobalId,
+}
+
+/// The weight of each original instruction, by its offset in the input.
+struct Weights {
+    offsets: Vec<u32>,
+    weights: Vec<u32>,
+}
+
+impl Weights {
+    fn of(&self, loc: InstrLocId) -> u64 {
+        if loc.is_default() {
+            return 0;
+        }
+        match self.offsets.binary_search(&loc.data()) {
+            Ok(index) => u64::from(self.weights[index]),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Reads every operator once: weights by offset, unsupported operators, nesting depth.
+fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
+    use wasmparser::{Operator, Parser, Payload};
+    let invalid = |e: wasmparser::BinaryReaderError| Error::Invalid(e.to_string());
+    let mut offsets = Vec::new();
+    let mut weights = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(invalid)? {
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    if memory.map_err(invalid)?.memory64 {
+                        return Err(Error::Unsupported("memory64".into()));
+                    }
+                }
+            }
+            Payload::TableSection(reader) => {
+                for table in reader {
+                    if table.map_err(invalid)?.ty.table64 {
+                        return Err(Error::Unsupported("table64".into()));
+                    }
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    match import.map_err(invalid)?.ty {
+                        wasmparser::TypeRef::Memory(m) if m.memory64 => {
+                            return Err(Error::Unsupported("memory64".into()));
+                        }
+                        wasmparser::TypeRef::Table(t) if t.table64 => {
+                            return Err(Error::Unsupported("table64".into()));
+                        }
+                        wasmparser::TypeRef::Tag(_) => {
+                            return Err(Error::Unsupported(
+                                "exception handling (tag import)".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut reader = body.get_operators_reader().map_err(invalid)?;
+                let mut depth = 0usize;
+                while !reader.eof() {
+                    let offset = reader.original_position();
+                    let op = reader.read().map_err(invalid)?;
+                    match &op {
+                        Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
+                            depth += 1;
+                            if depth > NESTING_DEPTH_MAX {
+                                return Err(Error::Limit(format!(
+                                    "blocks are nested more than {NESTING_DEPTH_MAX} deep"
+                                )));
+                            }
+                        }
+                        Operator::End => depth = depth.saturating_sub(1),
+                        Operator::Try { .. }
+                        | Operator::TryTable { .. }
+                        | Operator::Throw { .. }
+                        | Operator::ThrowRef
+                        | Operator::Rethrow { .. }
+                        | Operator::Delegate { .. }
+                        | Operator::Catch { .. }
+                        | Operator::CatchAll
+                        | Operator::BrOnNull { .. }
+                        | Operator::BrOnNonNull { .. }
+                        | Operator::BrOnCast { .. }
+                        | Operator::BrOnCastFail { .. } => {
+                            return Err(Error::Unsupported(crate::operator_name(&op).into()));
+                        }
+                        _ => {}
+                    }
+                    let offset = u32::try_from(offset).expect("module size is limited");
+                    offsets.push(offset);
+                    weights.push(u32::try_from(costs.weight(&op)).expect("weights are u32"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Weights { offsets, weights })
+}
+
+fn reject_reserved_names(module: &Module) -> Result<(), Error> {
+    let reserved = |name: &str| name.starts_with("__tally_");
+    for export in module.exports.iter() {
+        if reserved(&export.name) {
+            return Err(Error::ReservedName(export.name.clone()));
+        }
+    }
+    for import in module.imports.iter() {
+        if reserved(&import.name) || reserved(&import.module) {
+            return Err(Error::ReservedName(import.name.clone()));
+        }
+    }
+    for global in module.globals.iter() {
+        if let Some(name) = &global.name {
+            if reserved(name) {
+                return Err(Error::ReservedName(name.clone()));
+            }
+        }
+    }
+    for (_, func) in module.funcs.iter().map(|f| (f.id(), f)) {
+        if let Some(name) = &func.name {
+            if reserved(name) {
+                return Err(Error::ReservedName(name.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Captures walrus's map from original instruction to output offset while it emits.
+#[derive(Debug)]
+struct MeterSection {
+    payload: String,
+    captured: Arc<Mutex<Vec<(u32, usize)>>>,
+}
+
+impl walrus::CustomSection for MeterSection {
+    fn name(&self) -> &str {
+        META_SECTION
+    }
+
+    fn data(&self, _: &walrus::IdsToIndices) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.payload.as_bytes())
+    }
+
+    fn apply_code_transform(&mut self, transform: &walrus::CodeTransform) {
+        let mut captured = self.captured.lock().expect("meter section lock");
+        *captured = transform
+            .instruction_map
+            .iter()
+            .map(|&(loc, offset)| (loc.data(), offset))
+            .collect();
+        captured.sort_unstable_by_key(|&(loc, _)| loc);
+    }
+}
+
+/// What kind of construct an instruction sequence is the body of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Construct {
+    Entry,
+    Block,
+    Loop,
+    Arm,
+}
+
+struct FunctionPass<'a> {
+    func: &'a mut LocalFunction,
+    types: &'a mut ModuleTypes,
+    weights: &'a Weights,
+    costs: &'a CostTable,
+    globals: Globals,
+    /// The running count: executed + phi(here).
+    count: LocalId,
+    /// An i32 scratch local for the operand of a bulk operation.
+    scratch: Option<LocalId>,
+    /// The budget, read once at function entry when the function has loop checks.
+    budget_local: Option<LocalId>,
+    /// phi at every position of every sequence (len + 1 entries).
+    phi: HashMap<InstrSeqId, Vec<u64>>,
+    /// phi right after the construct that a sequence is the body of.
+    cont: HashMap<InstrSeqId, u64>,
+    /// Sequences that are loop bodies.
+    loops: HashSet<InstrSeqId>,
+    /// Sequences some branch targets.
+    targeted: HashSet<InstrSeqId>,
+    /// `if`s whose alternative (rather than consequent) is the prepaid arm, by consequent id.
+    prepaid_alternative: HashSet<InstrSeqId>,
+    stats: &'a mut Stats,
+    corrections: &'a mut Vec<(u32, u64)>,
+}
+
+fn is_terminator(instr: &Instr) -> bool {
+    matches!(
+        instr,
+        Instr::Br(_)
+            | Instr::BrTable(_)
+            | Instr::Return(_)
+            | Instr::Unreachable(_)
+            | Instr::ReturnCall(_)
+            | Instr::ReturnCallIndirect(_)
+            | Instr::ReturnCallRef(_)
+    )
+}
+
+fn is_call(instr: &Instr) -> bool {
+    matches!(
+        instr,
+        Instr::Call(_) | Instr::CallIndirect(_) | Instr::CallRef(_)
+    )
+}
+
+/// Instructions that can neither trap nor be the top frame of a trap; they need no correction.
+fn never_traps(instr: &Instr) -> bool {
+    match instr {
+        Instr::LocalGet(_)
+        | Instr::LocalSet(_)
+        | Instr::LocalTee(_)
+        | Instr::GlobalGet(_)
+        | Instr::GlobalSet(_)
+        | Instr::Const(_)
+        | Instr::Drop(_)
+        | Instr::Select(_)
+        | Instr::Block(_)
+        | Instr::IfElse(_)
+        | Instr::Br(_)
+        | Instr::BrIf(_)
+        | Instr::BrTable(_)
+        | Instr::MemorySize(_)
+        | Instr::RefNull(_)
+        | Instr::RefIsNull(_)
+        | Instr::RefFunc(_)
+        | Instr::TableSize(_) => true,
+        Instr::Binop(b) => !matches!(
+            b.op,
+            BinaryOp::I32DivS
+                | BinaryOp::I32DivU
+                | BinaryOp::I32RemS
+                | BinaryOp::I32RemU
+                | BinaryOp::I64DivS
+                | BinaryOp::I64DivU
+                | BinaryOp::I64RemS
+                | BinaryOp::I64RemU
+        ),
+        Instr::Unop(u) => !matches!(
+            u.op,
+            UnaryOp::I32TruncSF32
+                | UnaryOp::I32TruncUF32
+                | UnaryOp::I32TruncSF64
+                | UnaryOp::I32TruncUF64
+                | UnaryOp::I64TruncSF32
+                | UnaryOp::I64TruncUF32
+                | UnaryOp::I64TruncSF64
+                | UnaryOp::I64TruncUF64
+        ),
+        _ => false,
+    }
+}
+
+impl FunctionPass<'_> {
+    fn run(&mut self, locals: &mut walrus::ModuleLocals) -> Result<(), Error> {
+        let entry = self.func.entry_block();
+        self.stats.functions += 1;
+        self.classify(entry, Construct::Entry);
+        let body = self.plan(entry, 0)?;
+        let prepay = body
+            .checked_add(self.costs.function_entry())
+            .filter(|&p| p < OPS_MAX)
+            .ok_or_else(|| Error::Limit("a function's static cost overflows".into()))?;
+        let has_calls = self.has_calls(entry);
+        let has_loop_checks = self.loops.iter().any(|l| self.targeted.contains(l));
+        if has_loop_checks {
+            self.budget_local = Some(locals.add(ValType::I64));
+        }
+        if self.needs_scratch(entry) {
+            self.scratch = Some(locals.add(ValType::I32));
+        }
+        self.rewrite(entry)?;
+
+        // Function entry: load the count, prepay the fall-through path, check the budget.
+        let mut head = vec![
+            Instr::GlobalGet(walrus::ir::GlobalGet {
+                global: self.globals.ops,
+            }),
+            i64_const(prepay as i64),
+            Instr::Binop(walrus::ir::Binop {
+                op: BinaryOp::I64Add,
+            }),
+            Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+            Instr::GlobalSet(walrus::ir::GlobalSet {
+                global: self.globals.ops,
+            }),
+        ];
+        self.stats.counters_placed += 1;
+        if let Some(budget) = self.budget_local {
+            head.push(Instr::GlobalGet(walrus::ir::GlobalGet {
+                global: self.globals.budget,
+            }));
+            head.push(Instr::LocalSet(walrus::ir::LocalSet { local: budget }));
+        }
+        if has_calls {
+            head.extend(self.budget_check(body));
+        }
+        let seq = self.func.block_mut(entry);
+        let old = std::mem::take(&mut seq.instrs);
+        seq.instrs = head
+            .into_iter()
+            .map(|i| (i, InstrLocId::default()))
+            .chain(old)
+            .collect();
+        Ok(())
+    }
+
+    /// Records which construct each sequence belongs to and which are branch targets.
+    fn classify(&mut self, seq: InstrSeqId, construct: Construct) {
+        if construct == Construct::Loop {
+            self.loops.insert(seq);
+        }
+        self.stats.basic_blocks += 1;
+        let instrs: Vec<Instr> = self
+            .func
+            .block(seq)
+            .instrs
+            .iter()
+            .map(|(i, _)| i.clone())
+            .collect();
+        for instr in &instrs {
+            match instr {
+                Instr::Block(b) => self.classify(b.seq, Construct::Block),
+                Instr::Loop(l) => self.classify(l.seq, Construct::Loop),
+                Instr::IfElse(e) => {
+                    self.classify(e.consequent, Construct::Arm);
+                    self.classify(e.alternative, Construct::Arm);
+                }
+                Instr::Br(b) => {
+                    self.targeted.insert(b.block);
+                }
+                Instr::BrIf(b) => {
+                    self.targeted.insert(b.block);
+                    self.stats.basic_blocks += 1;
+                }
+                Instr::BrTable(t) => {
+                    self.targeted.insert(t.default);
+                    self.targeted.extend(t.blocks.iter().copied());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn has_calls(&self, seq: InstrSeqId) -> bool {
+        self.func.block(seq).instrs.iter().any(|(i, _)| match i {
+            Instr::Call(_)
+            | Instr::CallIndirect(_)
+            | Instr::CallRef(_)
+            | Instr::ReturnCall(_)
+            | Instr::ReturnCallIndirect(_)
+            | Instr::ReturnCallRef(_) => true,
+            Instr::Block(b) => self.has_calls(b.seq),
+            Instr::Loop(l) => self.has_calls(l.seq),
+            Instr::IfElse(e) => self.has_calls(e.consequent) || self.has_calls(e.alternative),
+            _ => false,
+        })
+    }
+
+    fn needs_scratch(&self, seq: InstrSeqId) -> bool {
+        self.func.block(seq).instrs.iter().any(|(i, _)| match i {
+            Instr::Block(b) => self.needs_scratch(b.seq),
+            Instr::Loop(l) => self.needs_scratch(l.seq),
+            Instr::IfElse(e) => {
+                self.needs_scratch(e.consequent) || self.needs_scratch(e.alternative)
+            }
+            other => self.variable_cost(other) > 0,
+        })
+    }
+
+    /// The per-unit cost of an instruction whose work depends on its last operand.
+    fn variable_cost(&self, instr: &Instr) -> u64 {
+        let v = self.costs.variable();
+        u64::from(match instr {
+            Instr::MemoryCopy(_) => v.memory_copy_per_byte,
+            Instr::MemoryFill(_) => v.memory_fill_per_byte,
+            Instr::MemoryInit(_) => v.memory_init_per_byte,
+            Instr::MemoryGrow(_) => v.memory_grow_per_page,
+            Instr::TableCopy(_) => v.table_copy_per_element,
+            Instr::TableFill(_) => v.table_fill_per_element,
+            Instr::TableInit(_) => v.table_init_per_element,
+            Instr::TableGrow(_) => v.table_grow_per_element,
+            _ => 0,
+        })
+    }
+
+    /// Computes phi for every position of `seq`, given phi after its construct; returns phi at
+    /// its start.
+    fn plan(&mut self, seq: InstrSeqId, cont: u64) -> Result<u64, Error> {
+        self.cont.insert(seq, cont);
+        let instrs: Vec<(Instr, InstrLocId)> = self.func.block(seq).instrs.clone();
+        let mut phi = vec![0u64; instrs.len() + 1];
+        phi[instrs.len()] = cont;
+        for (index, (instr, loc)) in instrs.iter().enumerate().rev() {
+            let after = phi[index + 1];
+            let rest = match instr {
+                _ if is_terminator(instr) => 0,
+                Instr::Block(b) => self.plan(b.seq, after)?,
+                Instr::Loop(l) => self.plan(l.seq, after)?,
+                Instr::IfElse(e) => {
+                    let consequent = self.plan(e.consequent, after)?;
+                    let alternative = self.plan(e.alternative, after)?;
+                    // Prepay the empty arm of an `if` without `else`, so the common case needs
+                    // no new `else`; otherwise prepay the consequent.
+                    if self.func.block(e.alternative).instrs.is_empty()
+                        && !self.func.block(e.consequent).instrs.is_empty()
+                    {
+                        self.prepaid_alternative.insert(e.consequent);
+                        alternative
+                    } else {
+                        consequent
+                    }
+                }
+                _ => after,
+            };
+            phi[index] = rest
+                .checked_add(self.weights.of(*loc))
+                .filter(|&p| p < OPS_MAX)
+                .ok_or_else(|| Error::Limit("a function's static cost overflows".into()))?;
+        }
+        let start = phi[0];
+        self.phi.insert(seq, phi);
+        Ok(start)
+    }
+
+    /// phi where a branch to `label` lands.
+    fn target_phi(&self, label: InstrSeqId) -> u64 {
+        if self.loops.contains(&label) {
+            self.phi[&label][0]
+        } else {
+            self.cont[&label]
+        }
+    }
+
+    /// The value types a branch to `label` carries.
+    fn label_types(&self, label: InstrSeqId) -> Vec<ValType> {
+        let is_loop = self.loops.contains(&label);
+        match self.func.block(label).ty {
+            InstrSeqType::Simple(None) => vec![],
+            InstrSeqType::Simple(Some(t)) => {
+                if is_loop {
+                    vec![]
+                } else {
+                    vec![t]
+                }
+            }
+            InstrSeqType::MultiValue(ty) => {
+                let ty = self.types.get(ty);
+                if is_loop {
+                    ty.params().to_vec()
+                } else {
+                    ty.results().to_vec()
+                }
+            }
+        }
+    }
+
+    /// `count += delta; __tally_ops = count`.
+    fn adjust(&mut self, delta: i64) -> Vec<Instr> {
+        if delta == 0 {
+            return vec![];
+        }
+        self.stats.counters_placed += 1;
+        vec![
+            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+            i64_const(delta),
+            Instr::Binop(walrus::ir::Binop {
+                op: BinaryOp::I64Add,
+            }),
+            Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+            Instr::GlobalSet(walrus::ir::GlobalSet {
+                global: self.globals.ops,
+            }),
+        ]
+    }
+
+    /// Stops the run if the executed count (`count - phi`) is above the budget.
+    fn budget_check(&mut self, phi: u64) -> Vec<Instr> {
+        self.stats.budget_checks_placed += 1;
+        let executed = |count: LocalId| {
+            let mut v = vec![Instr::LocalGet(walrus::ir::LocalGet { local: count })];
+            if phi != 0 {
+                v.push(i64_const(phi as i64));
+                v.push(Instr::Binop(walrus::ir::Binop {
+                    op: BinaryOp::I64Sub,
+                }));
+            }
+            v
+        };
+        let mut stop = executed(self.count);
+        stop.extend([
+            Instr::GlobalSet(walrus::ir::GlobalSet {
+                global: self.globals.ops,
+            }),
+            Instr::Const(walrus::ir::Const {
+                value: Value::I32(1),
+            }),
+            Instr::GlobalSet(walrus::ir::GlobalSet {
+                global: self.globals.exhausted,
+            }),
+            Instr::Unreachable(walrus::ir::Unreachable {}),
+        ]);
+        let then = self.new_seq(InstrSeqType::Simple(None), stop);
+        let otherwise = self.new_seq(InstrSeqType::Simple(None), vec![]);
+        let mut check = executed(self.count);
+        check.push(match self.budget_local {
+            Some(local) => Instr::LocalGet(walrus::ir::LocalGet { local }),
+            None => Instr::GlobalGet(walrus::ir::GlobalGet {
+                global: self.globals.budget,
+            }),
+        });
+        check.push(Instr::Binop(walrus::ir::Binop {
+            op: BinaryOp::I64GtU,
+        }));
+        check.push(Instr::IfElse(walrus::ir::IfElse {
+            consequent: then,
+            alternative: otherwise,
+        }));
+        check
+    }
+
+    fn new_seq(&mut self, ty: InstrSeqType, instrs: Vec<Instr>) -> InstrSeqId {
+        let id = self.func.builder_mut().dangling_instr_seq(ty).id();
+        self.func.block_mut(id).instrs = instrs
+            .into_iter()
+            .map(|i| (i, InstrLocId::default()))
+            .collect();
+        id
+    }
+
+    fn scratch(&self) -> LocalId {
+        self.scratch
+            .expect("scratch local allocated when a variable-cost instruction exists")
+    }
+
+    /// Rewrites `seq` (and everything nested in it) to keep the invariant.
+    fn rewrite(&mut self, seq: InstrSeqId) -> Result<(), Error> {
+        let phi = self.phi[&seq].clone();
+        let old = std::mem::take(&mut self.func.block_mut(seq).instrs);
+        let mut new: Vec<(Instr, InstrLocId)> = Vec::with_capacity(old.len() + 8);
+        let plain = |v: Vec<Instr>| v.into_iter().map(|i| (i, InstrLocId::default()));
+
+        if self.loops.contains(&seq) && self.targeted.contains(&seq) {
+            new.extend(plain(self.budget_check(phi[0])));
+        }
+        for (index, (instr, loc)) in old.into_iter().enumerate() {
+            let after = phi[index + 1];
+            if !loc.is_default() && !never_traps(&instr) {
+                let correction = match &instr {
+                    _ if is_call(&instr) => 0,
+                    Instr::Loop(l) => self.phi[&l.seq][0],
+                    _ if is_terminator(&instr) => 0,
+                    _ => after,
+                };
+                self.corrections.push((loc.data(), correction));
+            }
+            match instr {
+                Instr::Block(ref b) => {
+                    self.rewrite(b.seq)?;
+                    new.push((instr, loc));
+                }
+                Instr::Loop(ref l) => {
+                    self.rewrite(l.seq)?;
+                    new.push((instr, loc));
+                }
+                Instr::IfElse(ref e) => {
+                    let (consequent, alternative) = (e.consequent, e.alternative);
+                    self.rewrite(consequent)?;
+                    self.rewrite(alternative)?;
+                    let (prepaid, other) = if self.prepaid_alternative.contains(&consequent) {
+                        (alternative, consequent)
+                    } else {
+                        (consequent, alternative)
+                    };
+                    let delta = self.phi[&other][0] as i64 - self.phi[&prepaid][0] as i64;
+                    let fix = self.adjust(delta);
+                    if !fix.is_empty() {
+                        let body = self.func.block_mut(other);
+                        let rest = std::mem::take(&mut body.instrs);
+                        body.instrs = plain(fix).chain(rest).collect();
+                    }
+                    new.push((instr, loc));
+                }
+                Instr::Br(ref b) => {
+                    let delta = self.target_phi(b.block) as i64;
+                    new.extend(plain(self.adjust(delta)));
+                    new.push((instr, loc));
+                }
+                Instr::BrIf(ref b) => {
+                    let delta = self.target_phi(b.block) as i64 - after as i64;
+                    if delta == 0 {
+                        new.push((instr, loc));
+                    } else {
+                        // br_if L  =>  if (param t*) (result t*) { count += delta; br L }
+                        let carried = self.label_types(b.block);
+                        let ty = InstrSeqType::new(self.types, &carried, &carried);
+                        let mut taken = self.adjust(delta);
+                        taken.push(Instr::Br(walrus::ir::Br { block: b.block }));
+                        let then = self.new_seq(ty, taken);
+                        let otherwise = self.new_seq(ty, vec![]);
+                        new.push((
+                            Instr::IfElse(walrus::ir::IfElse {
+                                consequent: then,
+                                alternative: otherwise,
+                            }),
+                            loc,
+                        ));
+                    }
+                }
+                Instr::BrTable(ref t) => {
+                    let mut groups: Vec<(InstrSeqId, i64)> = Vec::new();
+                    let mut group_of = |label: InstrSeqId, this: &Self| {
+                        let key = (label, this.target_phi(label) as i64);
+                        match groups.iter().position(|g| *g == key) {
+                            Some(i) => i,
+                            None => {
+                                groups.push(key);
+                                groups.len() - 1
+                            }
+                        }
+                    };
+                    let table: Vec<usize> = t.blocks.iter().map(|&l| group_of(l, self)).collect();
+                    let default = group_of(t.default, self);
+                    let deltas: HashSet<i64> = groups.iter().map(|g| g.1).collect();
+                    if deltas.len() == 1 {
+                        let delta = groups[0].1;
+                        new.extend(plain(self.adjust(delta)));
+                        new.push((instr, loc));
+                    } else {
+                        new.extend(plain(
+                            self.br_table_trampolines(&groups, &table, default, t.default),
+                        ));
+                    }
+                }
+                Instr::Call(_) | Instr::CallIndirect(_) | Instr::CallRef(_) => {
+                    // The callee starts from the exact count; `after` is prepaid again on return.
+                    if after != 0 {
+                        new.extend(plain(vec![
+                            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+                            i64_const(after as i64),
+                            Instr::Binop(walrus::ir::Binop {
+                                op: BinaryOp::I64Sub,
+                            }),
+                            Instr::GlobalSet(walrus::ir::GlobalSet {
+                                global: self.globals.ops,
+                            }),
+                        ]));
+                    }
+                    new.push((instr, loc));
+                    self.stats.counters_placed += 1;
+                    let mut reload = vec![Instr::GlobalGet(walrus::ir::GlobalGet {
+                        global: self.globals.ops,
+                    })];
+                    if after != 0 {
+                        reload.extend([
+                            i64_const(after as i64),
+                            Instr::Binop(walrus::ir::Binop {
+                                op: BinaryOp::I64Add,
+                            }),
+                            Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+                            Instr::GlobalSet(walrus::ir::GlobalSet {
+                                global: self.globals.ops,
+                            }),
+                        ]);
+                    } else {
+                        reload.push(Instr::LocalSet(walrus::ir::LocalSet { local: self.count }));
+                    }
+                    new.extend(plain(reload));
+                }
+                ref other if self.variable_cost(other) > 0 => {
+                    let per_unit = self.variable_cost(other) as i64;
+                    let scratch = self.scratch();
+                    new.push((
+                        Instr::LocalTee(walrus::ir::LocalTee { local: scratch }),
+                        InstrLocId::default(),
+                    ));
+                    new.push((instr, loc));
+                    self.stats.counters_placed += 1;
+                    new.extend(plain(vec![
+                        Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+                        Instr::LocalGet(walrus::ir::LocalGet { local: scratch }),
+                        Instr::Unop(walrus::ir::Unop {
+                            op: UnaryOp::I64ExtendUI32,
+                        }),
+                        i64_const(per_unit),
+                        Instr::Binop(walrus::ir::Binop {
+                            op: BinaryOp::I64Mul,
+                        }),
+                        Instr::Binop(walrus::ir::Binop {
+                            op: BinaryOp::I64Add,
+                        }),
+                        Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+                        Instr::GlobalSet(walrus::ir::GlobalSet {
+                            global: self.globals.ops,
+                        }),
+                    ]));
+                }
+                _ => new.push((instr, loc)),
+            }
+        }
+        self.func.block_mut(seq).instrs = new;
+        Ok(())
+    }
+
+    /// A `br_table` whose targets need different adjustments: dispatch to one block per
+    /// (target, adjustment) group, adjust there, then branch on.
+    ///
+    /// ```text
+    /// block $g_{k-1} (param t* i32) (result t*)
+    ///   ...
+    ///     block $g_0 (param t* i32) (result t*)
+    ///       br_table $g_.. $g_..        ;; the original operands
+    ///     end
+    ///     count += delta_0; br target_0
+    ///   ...
+    /// end
+    /// count += delta_{k-1}; br target_{k-1}
+    /// ```
+    fn br_table_trampolines(
+        &mut self,
+        groups: &[(InstrSeqId, i64)],
+        table: &[usize],
+        default: usize,
+        default_label: InstrSeqId,
+    ) -> Vec<Instr> {
+        let carried = self.label_types(default_label);
+        let mut params = carried.clone();
+        params.push(ValType::I32);
+        let ty = InstrSeqType::new(self.types, &params, &carried);
+        let ids: Vec<InstrSeqId> = groups
+            .iter()
+            .map(|_| self.func.builder_mut().dangling_instr_seq(ty).id())
+            .collect();
+        let dispatch = Instr::BrTable(walrus::ir::BrTable {
+            blocks: table.iter().map(|&g| ids[g]).collect(),
+            default: ids[default],
+        });
+        let mut inner = vec![dispatch];
+        for (index, &(target, delta)) in groups.iter().enumerate() {
+            self.func.block_mut(ids[index]).instrs = inner
+                .into_iter()
+                .map(|i| (i, InstrLocId::default()))
+                .collect();
+            inner = vec![Instr::Block(walrus::ir::Block { seq: ids[index] })];
+            inner.extend(self.adjust(delta));
+            inner.push(Instr::Br(walrus::ir::Br { block: target }));
+        }
+        inner
+    }
+}
+
+fn i64_const(value: i64) -> Instr {
+    Instr::Const(walrus::ir::Const {
+        value: Value::I64(value),
+    })
+}

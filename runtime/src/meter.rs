@@ -1,0 +1,74 @@
+//! Reading the count out of an instance, exactly, whatever the outcome.
+
+use tally_instrument::{BUDGET_GLOBAL, EXHAUSTED_GLOBAL, MeterMap, OPS_GLOBAL};
+use wasmtime::{AsContextMut, Instance, Val, WasmBacktrace};
+
+/// The count after a call into an instrumented module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeterReading {
+    /// The exact count of executed cost units.
+    pub ops: u64,
+    /// Whether the budget stopped the run.
+    pub budget_exhausted: bool,
+}
+
+fn global_i64(
+    store: &mut impl AsContextMut,
+    instance: &Instance,
+    name: &str,
+) -> wasmtime::Result<i64> {
+    let global = instance
+        .get_global(&mut *store, name)
+        .ok_or_else(|| wasmtime::format_err!("the module does not export `{name}`"))?;
+    match global.get(&mut *store) {
+        Val::I64(value) => Ok(value),
+        Val::I32(value) => Ok(i64::from(value)),
+        other => Err(wasmtime::format_err!(
+            "`{name}` has unexpected type {:?}",
+            other.ty(&mut *store)
+        )),
+    }
+}
+
+/// Sets the budget of an instance (the count at which it stops at its next check).
+pub(crate) fn set_budget(
+    store: &mut impl AsContextMut,
+    instance: &Instance,
+    budget: u64,
+) -> wasmtime::Result<()> {
+    let global = instance
+        .get_global(&mut *store, BUDGET_GLOBAL)
+        .ok_or_else(|| wasmtime::format_err!("the module does not export `{BUDGET_GLOBAL}`"))?;
+    global.set(&mut *store, Val::I64(budget as i64))
+}
+
+/// The exact count after a call that returned (`error` is `None`) or failed with `error`.
+///
+/// After a trap, `__tally_ops` still holds the prepaid cost of the straight-line path after the
+/// trapping instruction; the meter map gives that amount for the top wasm frame of the trap's
+/// backtrace. Budget exhaustion and host errors (including `proc_exit`) need no correction.
+pub fn exact_ops(
+    store: &mut impl AsContextMut,
+    instance: &Instance,
+    meter_map: &MeterMap,
+    error: Option<&wasmtime::Error>,
+) -> wasmtime::Result<MeterReading> {
+    let ops = global_i64(store, instance, OPS_GLOBAL)? as u64;
+    let budget_exhausted = global_i64(store, instance, EXHAUSTED_GLOBAL)? != 0;
+    let correction = match error {
+        Some(error) if !budget_exhausted => error
+            .downcast_ref::<WasmBacktrace>()
+            .and_then(|trace| trace.frames().first())
+            .and_then(|frame| frame.module_offset())
+            .map_or(0, |offset| meter_map.correction_at(offset)),
+        _ => 0,
+    };
+    assert!(
+        correction <= ops,
+        "a trap correction ({correction}) exceeds the count ({ops})"
+    );
+    Ok(MeterReading {
+        ops: ops - correction,
+        budget_exhausted,
+    })
+}
