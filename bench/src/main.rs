@@ -1,1 +1,39 @@
-fn main() {}
+//! `tally-bench`: the benchmarks that back tally's speed claims, each side by side with its
+//! reference in the same run.
+//!
+//! ```text
+//! cargo run --release -p tally-bench -- metering [--json FILE] [--runs N] [--only NAME]
+//! cargo run --release -p tally-bench -- pricing
+//! cargo run --release -p tally-bench -- ledger
+//! ```
+
+mod ledger;
+mod metering;
+mod pricing;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tally-bench", about = "tally's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Metering overhead against plain wasmtime, wasmtime fuel and epochs, per workload.
+    Metering(metering::Args),
+    /// Pricing a 10,000-line invoice.
+    Pricing,
+    /// Ledger append throughput, monthly aggregation and bytes per record.
+    Ledger,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Metering(args) => metering::run(&args),
+        Command::Pricing => pricing::run(),
+        Command::Ledger => ledger::run(),
+    }
+}

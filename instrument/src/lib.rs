@@ -36,6 +36,10 @@
 //!   the budget, the module sets `__tally_ops` to that exact count, sets `__tally_exhausted`
 //!   (i32) to 1 and executes `unreachable`. Same module, same input: same count, same point.
 //!   A trap with `__tally_exhausted == 1` is budget exhaustion and nothing else.
+//! * **Memory-time.** `__tally_memory_integral` + `__tally_memory_pages` × (count −
+//!   `__tally_memory_mark`) is the integral of the pages of all memories over the count: after
+//!   every `memory.grow` the module closes the interval that ended there. It depends only on the
+//!   module and its input, never on the clock.
 //! * **Standalone.** The output validates, has no new imports, and keeps every import and
 //!   export. Modules that already use the reserved names are rejected, and so is every
 //!   operator this crate cannot meter (exceptions, GC), by name.
@@ -78,6 +82,12 @@ pub const OPS_GLOBAL: &str = "__tally_ops";
 pub const BUDGET_GLOBAL: &str = "__tally_budget";
 /// The exported global set to 1 when the budget stopped the run.
 pub const EXHAUSTED_GLOBAL: &str = "__tally_exhausted";
+/// The exported global with the pages of all memories, kept for the memory-time integral.
+pub const MEMORY_PAGES_GLOBAL: &str = "__tally_memory_pages";
+/// The exported global with the count at the last `memory.grow`.
+pub const MEMORY_MARK_GLOBAL: &str = "__tally_memory_mark";
+/// The exported global with pages × ops accumulated up to the last `memory.grow`.
+pub const MEMORY_INTEGRAL_GLOBAL: &str = "__tally_memory_integral";
 /// The custom section that names the cost table the module was instrumented with.
 pub const META_SECTION: &str = "tally.meter";
 

@@ -26,8 +26,9 @@ use walrus::{
 use crate::cost::CostTable;
 use crate::meter::{MeterMap, Stats};
 use crate::{
-    BUDGET_GLOBAL, EXHAUSTED_GLOBAL, Error, FUNCTIONS_MAX, Instrumented, META_SECTION,
-    MODULE_BYTES_MAX, NESTING_DEPTH_MAX, OPS_GLOBAL, OPS_MAX, Options,
+    BUDGET_GLOBAL, EXHAUSTED_GLOBAL, Error, FUNCTIONS_MAX, Instrumented, MEMORY_INTEGRAL_GLOBAL,
+    MEMORY_MARK_GLOBAL, MEMORY_PAGES_GLOBAL, META_SECTION, MODULE_BYTES_MAX, NESTING_DEPTH_MAX,
+    OPS_GLOBAL, OPS_MAX, Options,
 };
 
 /// Rewrites `wasm` so that it counts its own work with the weights of `costs`.
@@ -75,10 +76,27 @@ pub fn instrument(
     module.exports.add(BUDGET_GLOBAL, budget);
     module.exports.add(EXHAUSTED_GLOBAL, exhausted);
 
+    let initial_pages: u64 = module.memories.iter().map(|m| m.initial).sum();
+    let mut add_i64 = |name: &str, value: i64| {
+        let id = module.globals.add_local(
+            ValType::I64,
+            true,
+            false,
+            ConstExpr::Value(Value::I64(value)),
+        );
+        module.exports.add(name, id);
+        id
+    };
+    let memory = MemoryGlobals {
+        pages: add_i64(MEMORY_PAGES_GLOBAL, initial_pages as i64),
+        mark: add_i64(MEMORY_MARK_GLOBAL, 0),
+        integral: add_i64(MEMORY_INTEGRAL_GLOBAL, 0),
+    };
     let globals = Globals {
         ops,
         budget,
         exhausted,
+        memory,
     };
     let mut stats = Stats {
         input_bytes: wasm.len(),
@@ -102,6 +120,7 @@ pub fn instrument(
             globals,
             count: locals.add(ValType::I64),
             scratch: None,
+            grow_result: None,
             budget_local: None,
             phi: HashMap::new(),
             cont: HashMap::new(),
@@ -143,6 +162,18 @@ struct Globals {
     ops: GlobalId,
     budget: GlobalId,
     exhausted: GlobalId,
+    memory: MemoryGlobals,
+}
+
+/// The deterministic memory-time integral: pages held × ops executed.
+#[derive(Clone, Copy)]
+struct MemoryGlobals {
+    /// Pages of all memories now.
+    pages: GlobalId,
+    /// The count at the last `memory.grow`.
+    mark: GlobalId,
+    /// pages × ops accumulated up to `mark`.
+    integral: GlobalId,
 }
 
 /// The weight of each original instruction, by its offset in the input.
@@ -321,6 +352,8 @@ struct FunctionPass<'a> {
     count: LocalId,
     /// An i32 scratch local for the operand of a bulk operation.
     scratch: Option<LocalId>,
+    /// An i32 scratch local for the result of `memory.grow`.
+    grow_result: Option<LocalId>,
     /// The budget, read once at function entry when the function has loop checks.
     budget_local: Option<LocalId>,
     /// phi at every position of every sequence (len + 1 entries).
@@ -421,6 +454,7 @@ impl FunctionPass<'_> {
         }
         if self.needs_scratch(entry) {
             self.scratch = Some(locals.add(ValType::I32));
+            self.grow_result = Some(locals.add(ValType::I32));
         }
         self.rewrite(entry)?;
 
@@ -517,7 +551,7 @@ impl FunctionPass<'_> {
             Instr::IfElse(e) => {
                 self.needs_scratch(e.consequent) || self.needs_scratch(e.alternative)
             }
-            other => self.variable_cost(other) > 0,
+            other => matches!(other, Instr::MemoryGrow(_)) || self.variable_cost(other) > 0,
         })
     }
 
@@ -672,6 +706,61 @@ impl FunctionPass<'_> {
         check
     }
 
+    /// After a `memory.grow` (its result on the stack, its delta in the scratch local): close
+    /// the memory-time interval that ended here and start the next one.
+    ///
+    /// ```text
+    /// integral += pages * (now - mark); mark = now; pages += (result != -1) * delta
+    /// ```
+    /// where `now = count - phi(after)` is the exact count including the `memory.grow`.
+    fn memory_integral(&self, after: u64) -> Vec<Instr> {
+        let m = self.globals.memory;
+        let result = self.grow_result.expect("allocated with the scratch local");
+        let delta = self.scratch();
+        let get = |global| Instr::GlobalGet(walrus::ir::GlobalGet { global });
+        let set = |global| Instr::GlobalSet(walrus::ir::GlobalSet { global });
+        let op = |op| Instr::Binop(walrus::ir::Binop { op });
+        let now = vec![
+            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+            i64_const(after as i64),
+            op(BinaryOp::I64Sub),
+        ];
+        let mut code = vec![
+            Instr::LocalTee(walrus::ir::LocalTee { local: result }),
+            get(m.integral),
+            get(m.pages),
+        ];
+        code.extend(now.clone());
+        code.extend([
+            get(m.mark),
+            op(BinaryOp::I64Sub),
+            op(BinaryOp::I64Mul),
+            op(BinaryOp::I64Add),
+            set(m.integral),
+        ]);
+        code.extend(now);
+        code.extend([
+            set(m.mark),
+            get(m.pages),
+            Instr::LocalGet(walrus::ir::LocalGet { local: result }),
+            Instr::Const(walrus::ir::Const {
+                value: Value::I32(-1),
+            }),
+            op(BinaryOp::I32Ne),
+            Instr::Unop(walrus::ir::Unop {
+                op: UnaryOp::I64ExtendUI32,
+            }),
+            Instr::LocalGet(walrus::ir::LocalGet { local: delta }),
+            Instr::Unop(walrus::ir::Unop {
+                op: UnaryOp::I64ExtendUI32,
+            }),
+            op(BinaryOp::I64Mul),
+            op(BinaryOp::I64Add),
+            set(m.pages),
+        ]);
+        code
+    }
+
     fn new_seq(&mut self, ty: InstrSeqType, instrs: Vec<Instr>) -> InstrSeqId {
         let id = self.func.builder_mut().dangling_instr_seq(ty).id();
         self.func.block_mut(id).instrs = instrs
@@ -820,14 +909,23 @@ impl FunctionPass<'_> {
                     }
                     new.extend(plain(reload));
                 }
-                ref other if self.variable_cost(other) > 0 => {
+                ref other
+                    if matches!(other, Instr::MemoryGrow(_)) || self.variable_cost(other) > 0 =>
+                {
                     let per_unit = self.variable_cost(other) as i64;
                     let scratch = self.scratch();
                     new.push((
                         Instr::LocalTee(walrus::ir::LocalTee { local: scratch }),
                         InstrLocId::default(),
                     ));
+                    let grows = matches!(instr, Instr::MemoryGrow(_));
                     new.push((instr, loc));
+                    if grows {
+                        new.extend(plain(self.memory_integral(after)));
+                    }
+                    if per_unit == 0 {
+                        continue;
+                    }
                     self.stats.counters_placed += 1;
                     new.extend(plain(vec![
                         Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),

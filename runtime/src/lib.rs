@@ -28,7 +28,7 @@
 mod meter;
 mod run;
 
-pub use meter::{MeterReading, exact_ops};
+pub use meter::{MeterReading, exact_ops, memory_ops_integral};
 pub use run::{Invocation, Outcome, Prepared, RunOutput, Runtime, RuntimeConfig, UsageReport};
 
 /// Why a module could not be prepared or run.

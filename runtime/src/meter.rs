@@ -1,6 +1,9 @@
 //! Reading the count out of an instance, exactly, whatever the outcome.
 
-use tally_instrument::{BUDGET_GLOBAL, EXHAUSTED_GLOBAL, MeterMap, OPS_GLOBAL};
+use tally_instrument::{
+    BUDGET_GLOBAL, EXHAUSTED_GLOBAL, MEMORY_INTEGRAL_GLOBAL, MEMORY_MARK_GLOBAL,
+    MEMORY_PAGES_GLOBAL, MeterMap, OPS_GLOBAL,
+};
 use wasmtime::{AsContextMut, Instance, Val, WasmBacktrace};
 
 /// The count after a call into an instrumented module.
@@ -71,4 +74,21 @@ pub fn exact_ops(
         ops: ops - correction,
         budget_exhausted,
     })
+}
+
+/// Bytes per wasm page.
+const PAGE_BYTES: u128 = 65536;
+
+/// The deterministic memory-time integral in byte-ops at the end of a run whose exact count is
+/// `ops`: what the module accumulated at its `memory.grow`s plus the last interval.
+pub fn memory_ops_integral(
+    store: &mut impl AsContextMut,
+    instance: &Instance,
+    ops: u64,
+) -> wasmtime::Result<u128> {
+    let integral = global_i64(store, instance, MEMORY_INTEGRAL_GLOBAL)? as u64;
+    let pages = global_i64(store, instance, MEMORY_PAGES_GLOBAL)? as u64;
+    let mark = global_i64(store, instance, MEMORY_MARK_GLOBAL)? as u64;
+    let tail = u128::from(pages) * u128::from(ops.saturating_sub(mark));
+    Ok((u128::from(integral) + tail) * PAGE_BYTES)
 }

@@ -1,5 +1,6 @@
 //! One invocation of a WASI preview 1 command, with limits and a usage report.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ pub struct RuntimeConfig {
     pub pooling_instances: u32,
     /// Memory reserved per pooled instance, in bytes.
     pub pooling_memory_bytes: u64,
+    /// Where precompiled modules are cached, so a restart does not compile again.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -39,6 +42,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             pooling_instances: 0,
             pooling_memory_bytes: MEMORY_BYTES_MAX,
+            cache_dir: None,
         }
     }
 }
@@ -47,6 +51,7 @@ impl Default for RuntimeConfig {
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
+    cache_dir: Option<PathBuf>,
     _ticker: Arc<Ticker>,
 }
 
@@ -153,6 +158,11 @@ pub struct UsageReport {
     pub ops: u64,
     /// The largest linear memory size reached, in bytes.
     pub memory_peak_bytes: u64,
+    /// Memory held × ops executed, in byte-ops: deterministic (same module and input, same
+    /// value), computed by the module itself at every `memory.grow`.
+    pub memory_ops_integral: u128,
+    /// Memory held × wall-clock time, in byte-nanoseconds.
+    pub memory_byte_ns: u128,
     /// Bytes given to the guest on stdin.
     pub io_in_bytes: u64,
     /// Bytes the guest wrote to stdout and stderr.
@@ -188,6 +198,18 @@ struct Limiter {
     memory_bytes: u64,
     memory_peak_bytes: u64,
     memory_refused: bool,
+    /// Byte-nanoseconds accumulated up to `since`.
+    byte_ns: u128,
+    since: Instant,
+}
+
+impl Limiter {
+    /// Closes the wall-clock memory interval that ends now.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.byte_ns += u128::from(self.memory_bytes) * now.duration_since(self.since).as_nanos();
+        self.since = now;
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -202,6 +224,7 @@ impl ResourceLimiter for Limiter {
             self.memory_refused = true;
             return Ok(false);
         }
+        self.tick();
         self.memory_bytes = grown;
         self.memory_peak_bytes = self.memory_peak_bytes.max(grown);
         Ok(true)
@@ -249,8 +272,12 @@ impl Runtime {
                 }
             })
             .map_err(|e| Error::Engine(e.into()))?;
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Engine(e.into()))?;
+        }
         Ok(Runtime {
             engine,
+            cache_dir: config.cache_dir.clone(),
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -264,6 +291,60 @@ impl Runtime {
     pub fn prepare(&self, instrumented: &Instrumented) -> Result<Prepared, Error> {
         let module = Module::new(&self.engine, &instrumented.wasm).map_err(Error::Compile)?;
         self.prepare_module(module, instrumented.meter_map.clone())
+    }
+
+    /// Like [`Runtime::prepare`], but reuses the precompiled artifact cached under `key` (e.g. the
+    /// module's content hash plus the cost table id) in the cache directory, and writes it there
+    /// after compiling. A cached artifact from another wasmtime build or configuration is
+    /// rejected by wasmtime and recompiled.
+    pub fn prepare_cached(
+        &self,
+        key: &str,
+        instrumented: &Instrumented,
+    ) -> Result<Prepared, Error> {
+        let Some(dir) = &self.cache_dir else {
+            return self.prepare(instrumented);
+        };
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        {
+            return Err(Error::Limit(format!(
+                "cache key `{key}` must be non-empty and use only [A-Za-z0-9-_.@]"
+            )));
+        }
+        let path = dir.join(format!("{key}.cwasm"));
+        if path.exists() {
+            if let Ok(bytes) = std::fs::read(&path) {
+                if let Ok(module) = self.deserialize(&bytes) {
+                    return self.prepare_module(module, instrumented.meter_map.clone());
+                }
+            }
+        }
+        let artifact = self
+            .engine
+            .precompile_module(&instrumented.wasm)
+            .map_err(Error::Compile)?;
+        let tmp = dir.join(format!("{key}.cwasm.tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &artifact)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let module = self.deserialize(&artifact).map_err(Error::Compile)?;
+        self.prepare_module(module, instrumented.meter_map.clone())
+    }
+
+    /// Loads a precompiled artifact.
+    #[allow(unsafe_code)]
+    fn deserialize(&self, artifact: &[u8]) -> wasmtime::Result<Module> {
+        // SAFETY: artifacts are produced by `Engine::precompile_module` of this runtime and
+        // written only into tally's own cache directory (atomically, via rename); wasmtime
+        // checks the engine configuration and version embedded in the artifact and refuses a
+        // mismatch, which falls back to compiling.
+        unsafe { Module::deserialize(&self.engine, artifact) }
     }
 
     /// Links an already compiled instrumented module.
@@ -324,6 +405,8 @@ impl Runtime {
                 memory_bytes: 0,
                 memory_peak_bytes: 0,
                 memory_refused: false,
+                byte_ns: 0,
+                since: Instant::now(),
             },
             host_calls: 0,
         };
@@ -366,6 +449,12 @@ impl Runtime {
                 budget_exhausted: false,
             },
         };
+        let memory_ops_integral = match &instance {
+            Some(instance) => crate::meter::memory_ops_integral(&mut store, instance, reading.ops)
+                .map_err(|e| Error::NotACommand(format!("{e:#}")))?,
+            None => 0,
+        };
+        store.data_mut().limiter.tick();
         let out = stdout.contents().to_vec();
         let err = stderr.contents().to_vec();
         let host = store.data();
@@ -381,6 +470,8 @@ impl Runtime {
         let usage = UsageReport {
             ops: reading.ops,
             memory_peak_bytes: host.limiter.memory_peak_bytes,
+            memory_ops_integral,
+            memory_byte_ns: host.limiter.byte_ns,
             io_in_bytes,
             io_out_bytes: (out.len() + err.len()) as u64,
             host_calls: host.host_calls,

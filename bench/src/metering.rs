@@ -1,0 +1,284 @@
+//! Metering overhead: plain wasmtime vs tally's instrumentation vs wasmtime fuel vs wasmtime
+//! epochs, per workload of the guest suite, in one run.
+//!
+//! Every variant runs the workload's `_start` in a fresh store on its own engine; the plain
+//! engine has neither fuel nor epochs, so the baseline really runs without metering. Variants
+//! are interleaved and the best of `--runs` is kept.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tally_instrument::{CostTable, Options, instrument};
+use wasmtime::{Config, Engine, Linker, Module, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+/// Arguments of `tally-bench metering`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "bench/results/metering.json")]
+    json: PathBuf,
+    /// Runs per variant (best kept).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Only this workload.
+    #[arg(long)]
+    only: Option<String>,
+    /// Use the small sizes (a smoke run).
+    #[arg(long)]
+    small: bool,
+    /// The guest suite directory.
+    #[arg(long, default_value = "guests")]
+    guests: PathBuf,
+}
+
+struct Workload {
+    name: String,
+    wasm: Vec<u8>,
+    args: Vec<String>,
+}
+
+fn workloads(args: &Args) -> anyhow::Result<Vec<Workload>> {
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(args.guests.join("manifest.json"))
+            .context("reading guests/manifest.json")?,
+    )?;
+    let mut out = Vec::new();
+    for entry in manifest.as_array().context("manifest is an array")? {
+        let name = entry["name"].as_str().context("name")?.to_string();
+        if args.only.as_ref().is_some_and(|only| *only != name) {
+            continue;
+        }
+        let key = if args.small {
+            "small_args"
+        } else {
+            "bench_args"
+        };
+        let wasm = std::fs::read(args.guests.join(entry["wasm"].as_str().context("wasm")?))?;
+        let mut argv = vec![name.clone()];
+        argv.extend(
+            entry[key]
+                .as_array()
+                .context("args")?
+                .iter()
+                .map(|a| a.as_str().unwrap_or("").to_string()),
+        );
+        out.push(Workload {
+            name,
+            wasm,
+            args: argv,
+        });
+    }
+    Ok(out)
+}
+
+fn engine(fuel: bool, epochs: bool) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.consume_fuel(fuel).epoch_interruption(epochs);
+    Engine::new(&config)
+}
+
+/// Instantiates and runs `_start` once; returns the elapsed time and, for instrumented
+/// modules, the count.
+fn run_once(
+    engine: &Engine,
+    module: &Module,
+    args: &[String],
+    fuel: bool,
+    epochs: bool,
+) -> anyhow::Result<(Duration, Option<u64>)> {
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx)?;
+    let pre = linker.instantiate_pre(module)?;
+    let wasi = WasiCtxBuilder::new()
+        .args(args)
+        .stdout(MemoryOutputPipe::new(usize::MAX / 2))
+        .stderr(MemoryOutputPipe::new(usize::MAX / 2))
+        .build_p1();
+    let mut store = Store::new(engine, wasi);
+    if fuel {
+        store.set_fuel(u64::MAX / 2)?;
+    }
+    if epochs {
+        store.set_epoch_deadline(u64::MAX / 2);
+    }
+    let started = Instant::now();
+    let instance = pre.instantiate(&mut store)?;
+    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+    let result = start.call(&mut store, ());
+    let elapsed = started.elapsed();
+    if let Err(error) = &result {
+        let exit = error.downcast_ref::<wasmtime_wasi::I32Exit>().map(|e| e.0);
+        if exit != Some(0) && error.downcast_ref::<wasmtime::Trap>().is_none() {
+            anyhow::bail!("guest failed: {error:#}");
+        }
+    }
+    let ops = instance
+        .get_global(&mut store, tally_instrument::OPS_GLOBAL)
+        .and_then(|g| g.get(&mut store).i64())
+        .map(|v| v as u64);
+    Ok((elapsed, ops))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn geomean(values: &[f64]) -> f64 {
+    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
+}
+
+/// Runs the metering benchmark.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let plain_engine = engine(false, false)?;
+    let fuel_engine = engine(true, false)?;
+    let epoch_engine = engine(false, true)?;
+    let default_costs = CostTable::preset("default").expect("preset");
+    let uniform_costs = CostTable::preset("wasmtime-fuel").expect("preset");
+    let mut rows = Vec::new();
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8}",
+        "workload",
+        "plain ms",
+        "tally ms",
+        "fuel ms",
+        "epoch ms",
+        "tally×",
+        "fuel×",
+        "epoch×",
+        "instr ms",
+        "compile",
+        "size×",
+        "ns/unit",
+        "ns/fuel"
+    );
+    for workload in workloads(args)? {
+        let started = Instant::now();
+        let instrumented = instrument(&workload.wasm, &default_costs, &Options::default())?;
+        let instrument_ms = started.elapsed().as_secs_f64() * 1e3;
+        let uniform = instrument(&workload.wasm, &uniform_costs, &Options::default())?;
+        let started = Instant::now();
+        let plain_module = Module::new(&plain_engine, &workload.wasm)?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let tally_module = Module::new(&plain_engine, &instrumented.wasm)?;
+        let uniform_module = Module::new(&plain_engine, &uniform.wasm)?;
+        let fuel_module = Module::new(&fuel_engine, &workload.wasm)?;
+        let epoch_module = Module::new(&epoch_engine, &workload.wasm)?;
+
+        let (mut plain, mut tally, mut fuel, mut epoch) = (vec![], vec![], vec![], vec![]);
+        let mut ops = 0;
+        let mut uniform_ops = 0;
+        for _ in 0..args.runs {
+            plain.push(
+                run_once(&plain_engine, &plain_module, &workload.args, false, false)?
+                    .0
+                    .as_secs_f64(),
+            );
+            let (t, o) = run_once(&plain_engine, &tally_module, &workload.args, false, false)?;
+            tally.push(t.as_secs_f64());
+            ops = o.unwrap_or(0);
+            fuel.push(
+                run_once(&fuel_engine, &fuel_module, &workload.args, true, false)?
+                    .0
+                    .as_secs_f64(),
+            );
+            epoch.push(
+                run_once(&epoch_engine, &epoch_module, &workload.args, false, true)?
+                    .0
+                    .as_secs_f64(),
+            );
+        }
+        if let (_, Some(o)) =
+            run_once(&plain_engine, &uniform_module, &workload.args, false, false)?
+        {
+            uniform_ops = o;
+        }
+        let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (p, t, f, e) = (best(&plain), best(&tally), best(&fuel), best(&epoch));
+        let row = serde_json::json!({
+            "workload": workload.name,
+            "args": workload.args[1..],
+            "plain_ms": p * 1e3, "tally_ms": t * 1e3, "fuel_ms": f * 1e3, "epoch_ms": e * 1e3,
+            "plain_median_ms": median(plain.clone()) * 1e3, "tally_median_ms": median(tally.clone()) * 1e3,
+            "tally_ratio": t / p, "fuel_ratio": f / p, "epoch_ratio": e / p,
+            "instrument_ms": instrument_ms, "compile_ms": compile_ms,
+            "instrument_over_compile": instrument_ms / compile_ms,
+            "input_bytes": workload.wasm.len(), "output_bytes": instrumented.wasm.len(),
+            "size_ratio": instrumented.wasm.len() as f64 / workload.wasm.len() as f64,
+            "ops_default": ops, "ops_uniform": uniform_ops,
+            "ns_per_unit_default": p * 1e9 / ops.max(1) as f64,
+            "ns_per_unit_uniform": p * 1e9 / uniform_ops.max(1) as f64,
+            "counters_placed": instrumented.stats.counters_placed,
+            "basic_blocks": instrumented.stats.basic_blocks,
+        });
+        println!(
+            "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>6.3} {:>8.4} {:>8.4}",
+            workload.name,
+            p * 1e3,
+            t * 1e3,
+            f * 1e3,
+            e * 1e3,
+            t / p,
+            f / p,
+            e / p,
+            instrument_ms,
+            compile_ms,
+            row["size_ratio"].as_f64().unwrap_or(0.0),
+            row["ns_per_unit_default"].as_f64().unwrap_or(0.0),
+            row["ns_per_unit_uniform"].as_f64().unwrap_or(0.0)
+        );
+        rows.push(row);
+    }
+    let ratios = |key: &str| {
+        rows.iter()
+            .map(|r| r[key].as_f64().unwrap_or(1.0))
+            .collect::<Vec<_>>()
+    };
+    // Workloads that do real work: the no-op is all start-up, the spread is about steady state.
+    let working: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["plain_ms"].as_f64().unwrap_or(0.0) > 5.0)
+        .collect();
+    let spread = |key: &str| {
+        let v: Vec<f64> = working
+            .iter()
+            .map(|r| r[key].as_f64().unwrap_or(0.0))
+            .collect();
+        let max = v.iter().copied().fold(0.0, f64::max);
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        max / min
+    };
+    let summary = serde_json::json!({
+        "geomean_tally_ratio": geomean(&ratios("tally_ratio")),
+        "geomean_fuel_ratio": geomean(&ratios("fuel_ratio")),
+        "geomean_epoch_ratio": geomean(&ratios("epoch_ratio")),
+        "worst_tally_ratio": ratios("tally_ratio").into_iter().fold(0.0, f64::max),
+        "ns_per_unit_spread_default": spread("ns_per_unit_default"),
+        "ns_per_unit_spread_uniform": spread("ns_per_unit_uniform"),
+        "max_instrument_over_compile": ratios("instrument_over_compile").into_iter().fold(0.0, f64::max),
+        "max_size_ratio": ratios("size_ratio").into_iter().fold(0.0, f64::max),
+    });
+    println!("\n{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let doc = serde_json::json!({
+        "machine": { "cpu": machine, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "runs": args.runs, "workloads": rows, "summary": summary,
+    });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", Path::new(&args.json).display()))?;
+    Ok(())
+}
