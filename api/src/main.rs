@@ -3,6 +3,7 @@
 mod ledger_cmd;
 mod meter_cmd;
 mod price_cmd;
+mod server;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API: modules, functions, invocations, usage, invoices, audit.
+    Serve(server::ServeArgs),
     /// Rewrite a module so that it counts its own work.
     Instrument(meter_cmd::InstrumentArgs),
     /// Instrument and run a WASI command locally, with a usage report.
@@ -30,9 +33,18 @@ enum Command {
     Invoice(ledger_cmd::InvoiceArgs),
 }
 
+fn serve(args: server::ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(server::serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Serve(args) => serve(args.clone()),
         Command::Instrument(args) => meter_cmd::instrument(args),
         Command::Run(args) => meter_cmd::run(args),
         Command::Price(args) => price_cmd::run(args),

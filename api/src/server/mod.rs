@@ -1,0 +1,440 @@
+//! `tally serve`: the HTTP API (`/v1`, JSON, errors as `application/problem+json`).
+//!
+//! [`router`] builds the whole API from an [`AppState`] (tests drive it with `oneshot`, no
+//! socket); [`serve`] opens the ledger in the data directory, binds, prints
+//! `listening on http://ADDR` and serves until SIGTERM or ctrl-c. Every ledger call and every
+//! wasm execution runs on tokio's blocking pool. See `docs/api.md`.
+
+mod audit;
+mod auth;
+mod error;
+mod extract;
+mod functions;
+mod invoices;
+mod metrics;
+mod modules;
+mod openapi;
+mod plans;
+mod store;
+mod tenants;
+mod usage;
+mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use tally_instrument::CostTable;
+use tally_ledger::{FunctionId, Ledger, ModuleId, SqliteLedger, Tenant, TenantId};
+use tally_runtime::{Prepared, Runtime, RuntimeConfig};
+
+pub use error::ApiError;
+
+use extract::BodyLimit;
+
+/// Default largest module upload, in bytes.
+pub const MODULE_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// Default largest request body other than a module (an invocation's stdin, JSON), in bytes.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default largest op budget of one invocation.
+pub const OPS_PER_INVOCATION_MAX_DEFAULT: u64 = 10_000_000_000;
+/// Default largest linear memory of one invocation, in bytes.
+pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Default longest wall time of one invocation, in milliseconds.
+pub const WALL_MS_MAX_DEFAULT: u64 = 10_000;
+/// Default largest output (stdout plus stderr) of one invocation, in bytes.
+pub const OUTPUT_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default most invocations running at once (more wait for a slot).
+pub const INVOCATIONS_CONCURRENT_MAX_DEFAULT: usize = 32;
+/// Most cached tenant keys (the cache is cleared when full or when a key is revoked).
+pub const KEY_CACHE_ENTRIES_MAX: usize = 10_000;
+/// Most guest arguments plus environment variables of a function.
+pub const FUNCTION_ARGS_MAX: usize = 256;
+
+const _: () = assert!(MODULE_BYTES_MAX_DEFAULT <= tally_instrument::MODULE_BYTES_MAX);
+const _: () = assert!(OPS_PER_INVOCATION_MAX_DEFAULT <= tally_instrument::OPS_MAX);
+const _: () = assert!(OUTPUT_BYTES_MAX_DEFAULT <= BODY_BYTES_MAX_DEFAULT * 16);
+
+/// Server-wide maximums; a function's limits may only be lower.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Largest module upload, in bytes.
+    pub module_bytes_max: usize,
+    /// Largest other request body, in bytes.
+    pub body_bytes_max: usize,
+    /// Largest op budget.
+    pub ops_max: u64,
+    /// Largest linear memory, in bytes.
+    pub memory_bytes_max: u64,
+    /// Longest wall time, in milliseconds.
+    pub wall_ms_max: u64,
+    /// Largest output, in bytes.
+    pub output_bytes_max: usize,
+    /// Most invocations running at once.
+    pub invocations_concurrent_max: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            module_bytes_max: MODULE_BYTES_MAX_DEFAULT,
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            ops_max: OPS_PER_INVOCATION_MAX_DEFAULT,
+            memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
+            wall_ms_max: WALL_MS_MAX_DEFAULT,
+            output_bytes_max: OUTPUT_BYTES_MAX_DEFAULT,
+            invocations_concurrent_max: INVOCATIONS_CONCURRENT_MAX_DEFAULT,
+        }
+    }
+}
+
+impl ServerLimits {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.module_bytes_max <= tally_instrument::MODULE_BYTES_MAX,
+            "--max-module-bytes is above {}",
+            tally_instrument::MODULE_BYTES_MAX
+        );
+        anyhow::ensure!(
+            self.ops_max <= tally_instrument::OPS_MAX,
+            "--max-ops is above {}",
+            tally_instrument::OPS_MAX
+        );
+        anyhow::ensure!(
+            self.memory_bytes_max <= 4 * 1024 * 1024 * 1024,
+            "--max-memory-bytes is above 4 GiB"
+        );
+        anyhow::ensure!(
+            self.output_bytes_max <= 64 * 1024 * 1024,
+            "--max-output-bytes is above 64 MiB"
+        );
+        anyhow::ensure!(
+            self.invocations_concurrent_max > 0,
+            "--max-concurrency must be positive"
+        );
+        Ok(())
+    }
+}
+
+/// Arguments of `tally serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Data directory (SQLite ledger, module files, admin token).
+    #[arg(long, value_name = "DIR", default_value = "./tally-data")]
+    pub data: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The admin token; if absent, DIR/admin-token is used, or one is generated and written there.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Cost table used to instrument uploaded modules (a preset name).
+    #[arg(long, default_value = "default")]
+    pub cost_table: String,
+    /// Largest module upload, in bytes.
+    #[arg(long, default_value_t = MODULE_BYTES_MAX_DEFAULT)]
+    pub max_module_bytes: usize,
+    /// Largest other request body (stdin of an invocation, JSON), in bytes.
+    #[arg(long, default_value_t = BODY_BYTES_MAX_DEFAULT)]
+    pub max_body_bytes: usize,
+    /// Largest op budget of one invocation.
+    #[arg(long, default_value_t = OPS_PER_INVOCATION_MAX_DEFAULT)]
+    pub max_ops: u64,
+    /// Largest linear memory of one invocation, in bytes.
+    #[arg(long, default_value_t = MEMORY_BYTES_MAX_DEFAULT)]
+    pub max_memory_bytes: u64,
+    /// Longest wall time of one invocation, in milliseconds.
+    #[arg(long, default_value_t = WALL_MS_MAX_DEFAULT)]
+    pub max_wall_ms: u64,
+    /// Largest output (stdout plus stderr) of one invocation, in bytes.
+    #[arg(long, default_value_t = OUTPUT_BYTES_MAX_DEFAULT)]
+    pub max_output_bytes: usize,
+    /// Most invocations running at once.
+    #[arg(long, default_value_t = INVOCATIONS_CONCURRENT_MAX_DEFAULT)]
+    pub max_concurrency: usize,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            module_bytes_max: self.max_module_bytes,
+            body_bytes_max: self.max_body_bytes,
+            ops_max: self.max_ops,
+            memory_bytes_max: self.max_memory_bytes,
+            wall_ms_max: self.max_wall_ms,
+            output_bytes_max: self.max_output_bytes,
+            invocations_concurrent_max: self.max_concurrency,
+        }
+    }
+}
+
+/// A function ready to run.
+pub(crate) struct FunctionEntry {
+    pub id: FunctionId,
+    pub module: ModuleId,
+    pub config: wire::FunctionConfig,
+    pub prepared: Arc<Prepared>,
+}
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ledger: Arc<dyn Ledger>,
+    runtime: Runtime,
+    costs: Arc<CostTable>,
+    limits: ServerLimits,
+    admin_token_sha256: [u8; 32],
+    store: store::Store,
+    prepared: Mutex<HashMap<ModuleId, Arc<Prepared>>>,
+    functions: Mutex<HashMap<(TenantId, String), Arc<FunctionEntry>>>,
+    keys: Mutex<HashMap<[u8; 32], Tenant>>,
+    metrics: metrics::Metrics,
+    invoke_slots: tokio::sync::Semaphore,
+}
+
+impl AppState {
+    /// State over a ledger and a data directory (module files, replies).
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        data_dir: PathBuf,
+        admin_token: &str,
+        cost_table: &str,
+        limits: ServerLimits,
+    ) -> anyhow::Result<AppState> {
+        limits.check()?;
+        let costs = CostTable::preset(cost_table).with_context(|| {
+            format!(
+                "unknown cost table {cost_table:?} (presets: {})",
+                tally_instrument::PRESETS.join(", ")
+            )
+        })?;
+        let runtime = Runtime::new(&RuntimeConfig::default()).context("starting the runtime")?;
+        let store = store::Store::open(data_dir)?;
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                ledger,
+                runtime,
+                costs: Arc::new(costs),
+                invoke_slots: tokio::sync::Semaphore::new(limits.invocations_concurrent_max),
+                limits,
+                admin_token_sha256: auth::digest(admin_token),
+                store,
+                prepared: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                keys: Mutex::new(HashMap::new()),
+                metrics: metrics::Metrics::default(),
+            }),
+        })
+    }
+
+    /// Unix milliseconds: the API is the only place with a clock.
+    pub fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn cached_key(&self, digest: &[u8; 32]) -> Option<Tenant> {
+        lock(&self.inner.keys).get(digest).cloned()
+    }
+
+    fn cache_key(&self, digest: [u8; 32], tenant: Tenant) {
+        let mut keys = lock(&self.inner.keys);
+        if keys.len() >= KEY_CACHE_ENTRIES_MAX {
+            keys.clear();
+        }
+        keys.insert(digest, tenant);
+    }
+
+    fn forget_keys(&self) {
+        lock(&self.inner.keys).clear();
+    }
+}
+
+/// Locks a mutex, ignoring poisoning (the maps hold plain caches).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let body_max = state.inner.limits.body_bytes_max;
+    let module_max = state.inner.limits.module_bytes_max;
+    let uploads = Router::new()
+        .route(
+            "/v1/modules",
+            post(modules::upload_module).get(modules::list_modules),
+        )
+        .layer(DefaultBodyLimit::max(module_max))
+        .layer(axum::Extension(BodyLimit(module_max)));
+    let api = Router::new()
+        .route("/healthz", get(metrics::healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route(
+            "/v1/tenants",
+            post(tenants::create_tenant).get(tenants::list_tenants),
+        )
+        .route("/v1/tenants/{tenant}", get(tenants::get_tenant))
+        .route(
+            "/v1/tenants/{tenant}/keys",
+            post(tenants::create_key).get(tenants::list_keys),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}",
+            axum::routing::delete(tenants::revoke_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/subscriptions",
+            post(plans::subscribe).get(plans::list_subscriptions),
+        )
+        .route("/v1/plans", post(plans::create_plan).get(plans::list_plans))
+        .route("/v1/plans/{plan}", get(plans::get_plan))
+        .route("/v1/plans/{plan}/versions", post(plans::add_version))
+        .route("/v1/modules/{module}", get(modules::get_module))
+        .route(
+            "/v1/modules/{module}/original",
+            get(modules::download_original),
+        )
+        .route(
+            "/v1/modules/{module}/instrumented",
+            get(modules::download_instrumented),
+        )
+        .route("/v1/functions", get(functions::list_functions))
+        .route(
+            "/v1/functions/{name}",
+            put(functions::put_function).get(functions::get_function),
+        )
+        .route("/v1/functions/{name}/invoke", post(functions::invoke))
+        .route("/v1/usage", get(usage::list_usage))
+        .route("/v1/usage/daily", get(usage::daily_usage))
+        .route("/v1/usage/{id}", get(usage::get_usage))
+        .route(
+            "/v1/invoices",
+            post(invoices::finalize_invoice).get(invoices::list_invoices),
+        )
+        .route("/v1/invoices/draft", post(invoices::draft_invoice))
+        .route("/v1/invoices/{id}", get(invoices::get_invoice))
+        .route("/v1/invoices/{id}/void", post(invoices::void_invoice))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/audit/records/{id}", get(audit::audit_record))
+        .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::Extension(BodyLimit(body_max)));
+    Router::new()
+        .merge(uploads)
+        .merge(api)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_http,
+        ))
+        .with_state(state)
+}
+
+fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
+    if let Some(token) = &args.admin_token {
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the admin token must be at least 16 characters"
+        );
+        return Ok(token.clone());
+    }
+    let path = args.data.join("admin-token");
+    if path.exists() {
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        println!("admin token: read from {}", path.display());
+        return Ok(token.trim().to_owned());
+    }
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token = format!("tla_{}", hex::encode(random));
+    store::write_private(&path, token.as_bytes())?;
+    println!("admin token: {token} (saved in {})", path.display());
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Runs `tally serve` until SIGTERM or ctrl-c.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let limits = args.limits();
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let token = admin_token(&args)?;
+    let data = args.data.clone();
+    let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&data))
+        .await?
+        .with_context(|| format!("opening the ledger in {}", args.data.display()))?;
+    let state = AppState::new(
+        Arc::new(ledger),
+        args.data.clone(),
+        &token,
+        &args.cost_table,
+        limits,
+    )?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on http://{local}")?;
+        stdout.flush()?;
+    }
+    tracing::info!(data = %args.data.display(), "tally serve listening on {local}");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+/// Status helper for handlers answering 201.
+pub(crate) const CREATED: StatusCode = StatusCode::CREATED;
+
+#[cfg(test)]
+mod tests;

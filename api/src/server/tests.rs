@@ -1,0 +1,381 @@
+//! Router-level tests: the whole API through `oneshot`, an in-memory ledger, no socket.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use tower::ServiceExt;
+
+use super::{AppState, ServerLimits, router};
+
+const ADMIN: &str = "admin-token-for-router-tests";
+
+struct Api {
+    app: Router,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn problem_type(&self) -> String {
+        assert_eq!(
+            self.headers["content-type"], "application/problem+json",
+            "status {}",
+            self.status
+        );
+        self.json()["type"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("https://tally.dev/problems/")
+            .to_owned()
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers[name].to_str().unwrap()
+    }
+}
+
+fn api(limits: ServerLimits) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = tally_ledger::SqliteLedger::open_in_memory().unwrap();
+    let state = AppState::new(
+        Arc::new(ledger),
+        dir.path().to_owned(),
+        ADMIN,
+        "default",
+        limits,
+    )
+    .unwrap();
+    Api {
+        app: router(state),
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: impl Into<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(Body::from(body.into())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn tenant_with_key(&self, name: &str) -> String {
+        let tenant = self
+            .call(
+                "POST",
+                "/v1/tenants",
+                Some(ADMIN),
+                format!(r#"{{"name":"{name}"}}"#),
+                &[],
+            )
+            .await;
+        assert_eq!(tenant.status, StatusCode::CREATED);
+        let id = tenant.json()["id"].as_i64().unwrap();
+        let key = self
+            .call(
+                "POST",
+                &format!("/v1/tenants/{id}/keys"),
+                Some(ADMIN),
+                "",
+                &[],
+            )
+            .await;
+        assert_eq!(key.status, StatusCode::CREATED);
+        key.json()["key"].as_str().unwrap().to_owned()
+    }
+}
+
+fn guest(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guests/wasm")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn health_and_openapi_are_public_and_the_document_lists_every_route() {
+    let api = api(ServerLimits::default());
+    let health = api.call("GET", "/healthz", None, "", &[]).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.json()["status"], "ok");
+    let doc = api.call("GET", "/openapi.json", None, "", &[]).await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/tenants",
+        "/v1/tenants/{tenant}/keys",
+        "/v1/modules",
+        "/v1/modules/{module}/instrumented",
+        "/v1/functions/{name}/invoke",
+        "/v1/usage",
+        "/v1/usage/daily",
+        "/v1/invoices/draft",
+        "/v1/invoices/{id}/void",
+        "/v1/audit/verify",
+        "/v1/audit/records/{id}",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing from the document");
+    }
+    let unknown = api.call("GET", "/v2/nothing", None, "", &[]).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.problem_type(), "not-found");
+}
+
+#[tokio::test]
+async fn credentials_are_checked_and_tenants_see_only_their_own_objects() {
+    let api = api(ServerLimits::default());
+    let missing = api.call("GET", "/v1/tenants", None, "", &[]).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.problem_type(), "unauthorized");
+    let wrong = api
+        .call("GET", "/v1/functions", Some("tly_wrong"), "", &[])
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+
+    let alice = api.tenant_with_key("alice").await;
+    let bob = api.tenant_with_key("bob").await;
+    // A tenant key is not the admin token.
+    let as_admin = api.call("GET", "/v1/tenants", Some(&alice), "", &[]).await;
+    assert_eq!(as_admin.status, StatusCode::UNAUTHORIZED);
+
+    let upload = api
+        .call("POST", "/v1/modules", Some(&alice), guest("noop"), &[])
+        .await;
+    assert_eq!(upload.status, StatusCode::CREATED, "{:?}", upload.json());
+    let module = upload.json()["id"].as_str().unwrap().to_owned();
+    let put = api
+        .call(
+            "PUT",
+            "/v1/functions/hello",
+            Some(&alice),
+            format!(r#"{{"module":"{module}"}}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::CREATED);
+
+    let theirs = api
+        .call("GET", &format!("/v1/modules/{module}"), Some(&bob), "", &[])
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.problem_type(), "unknown-module");
+    let invoke = api
+        .call("POST", "/v1/functions/hello/invoke", Some(&bob), "", &[])
+        .await;
+    assert_eq!(invoke.problem_type(), "unknown-function");
+    let ok = api
+        .call("POST", "/v1/functions/hello/invoke", Some(&alice), "", &[])
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let usage_id = ok.header("tally-usage-id").to_owned();
+    let record = api
+        .call("GET", &format!("/v1/usage/{usage_id}"), Some(&bob), "", &[])
+        .await;
+    assert_eq!(record.problem_type(), "unknown-usage-record");
+    let audit = api
+        .call(
+            "GET",
+            &format!("/v1/audit/records/{usage_id}"),
+            Some(&bob),
+            "",
+            &[],
+        )
+        .await;
+    assert_eq!(audit.status, StatusCode::NOT_FOUND);
+    let listed = api.call("GET", "/v1/usage", Some(&bob), "", &[]).await;
+    assert_eq!(listed.json()["records"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn invoke_bills_once_per_idempotency_key_and_replays_the_first_answer() {
+    let api = api(ServerLimits::default());
+    let key = api.tenant_with_key("acme").await;
+    let module = api
+        .call("POST", "/v1/modules", Some(&key), guest("fib"), &[])
+        .await
+        .json();
+    assert!(module["stats"]["functions"].as_u64().unwrap() > 0);
+    let put = api
+        .call(
+            "PUT",
+            "/v1/functions/fib",
+            Some(&key),
+            format!(
+                r#"{{"module":"{}","args":["15"]}}"#,
+                module["id"].as_str().unwrap()
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.json());
+    let first = api
+        .call(
+            "POST",
+            "/v1/functions/fib/invoke",
+            Some(&key),
+            "",
+            &[("idempotency-key", "req-1")],
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(String::from_utf8_lossy(&first.body), "fib(15) = 610\n");
+    assert_eq!(first.header("tally-outcome"), "exit");
+    assert!(first.header("tally-ops").parse::<u64>().unwrap() > 1000);
+    let retry = api
+        .call(
+            "POST",
+            "/v1/functions/fib/invoke",
+            Some(&key),
+            "",
+            &[("idempotency-key", "req-1")],
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.header("tally-replayed"), "true");
+    assert_eq!(
+        retry.header("tally-usage-id"),
+        first.header("tally-usage-id")
+    );
+    let listed = api
+        .call("GET", "/v1/usage", Some(&key), "", &[])
+        .await
+        .json();
+    assert_eq!(listed["records"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["records"][0]["function"], "fib");
+}
+
+#[tokio::test]
+async fn a_trapping_guest_is_billed_and_answered_with_a_problem() {
+    let api = api(ServerLimits::default());
+    let key = api.tenant_with_key("acme").await;
+    let module = api
+        .call("POST", "/v1/modules", Some(&key), guest("trap"), &[])
+        .await
+        .json();
+    let body = format!(
+        r#"{{"module":"{}","args":["100"]}}"#,
+        module["id"].as_str().unwrap()
+    );
+    api.call("PUT", "/v1/functions/trap", Some(&key), body, &[])
+        .await;
+    let answer = api
+        .call("POST", "/v1/functions/trap/invoke", Some(&key), "", &[])
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.problem_type(), "guest-trapped");
+    let problem = answer.json();
+    assert_eq!(problem["outcome"], "trap");
+    let usage_id = problem["usage_id"].as_u64().unwrap();
+    assert_eq!(answer.header("tally-usage-id"), usage_id.to_string());
+    let record = api
+        .call("GET", &format!("/v1/usage/{usage_id}"), Some(&key), "", &[])
+        .await
+        .json();
+    assert_eq!(record["outcome"]["kind"], "trap");
+    assert!(record["meters"]["ops"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn bad_modules_plans_and_limits_get_their_problem_types() {
+    let limits = ServerLimits {
+        module_bytes_max: 50_000,
+        ..ServerLimits::default()
+    };
+    let api = api(limits);
+    let key = api.tenant_with_key("acme").await;
+    let big = api
+        .call("POST", "/v1/modules", Some(&key), guest("fib"), &[])
+        .await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big.problem_type(), "module-too-large");
+    let garbage = api
+        .call(
+            "POST",
+            "/v1/modules",
+            Some(&key),
+            b"\0asm\x01\0\0\0garbage".to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(garbage.problem_type(), "invalid-module");
+    let not_command = wat::parse_str(r#"(module (func (export "f")))"#).unwrap();
+    let answer = api
+        .call("POST", "/v1/modules", Some(&key), not_command, &[])
+        .await;
+    assert_eq!(answer.problem_type(), "invalid-module");
+
+    let plan = api
+        .call(
+            "POST",
+            "/v1/plans",
+            Some(ADMIN),
+            r#"{"plan": "x", "currency": "XXX"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(plan.problem_type(), "invalid-plan");
+    assert!(!plan.json()["problems"].as_array().unwrap().is_empty());
+    let not_json = api
+        .call("POST", "/v1/plans", Some(ADMIN), "{nope", &[])
+        .await;
+    assert_eq!(not_json.problem_type(), "invalid-plan");
+
+    let noop = api
+        .call("POST", "/v1/modules", Some(&key), guest("noop"), &[])
+        .await
+        .json();
+    let too_much = format!(
+        r#"{{"module":"{}","limits":{{"max_ops":{}}}}}"#,
+        noop["id"].as_str().unwrap(),
+        u64::MAX
+    );
+    let answer = api
+        .call("PUT", "/v1/functions/f", Some(&key), too_much, &[])
+        .await;
+    assert_eq!(answer.problem_type(), "limit-above-maximum");
+    let bad_json = api
+        .call("PUT", "/v1/functions/f", Some(&key), "{", &[])
+        .await;
+    assert_eq!(bad_json.problem_type(), "invalid-request");
+}
