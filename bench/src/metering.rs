@@ -78,7 +78,7 @@ fn workloads(args: &Args) -> anyhow::Result<Vec<Workload>> {
 fn engine(fuel: bool, epochs: bool) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.consume_fuel(fuel).epoch_interruption(epochs);
-    Engine::new(&config)
+    Ok(Engine::new(&config)?)
 }
 
 /// Instantiates and runs `_start` once; returns the elapsed time and, for instrumented

@@ -290,17 +290,17 @@ fn reject_reserved_names(module: &Module) -> Result<(), Error> {
         }
     }
     for global in module.globals.iter() {
-        if let Some(name) = &global.name {
-            if reserved(name) {
-                return Err(Error::ReservedName(name.clone()));
-            }
+        if let Some(name) = &global.name
+            && reserved(name)
+        {
+            return Err(Error::ReservedName(name.clone()));
         }
     }
     for (_, func) in module.funcs.iter().map(|f| (f.id(), f)) {
-        if let Some(name) = &func.name {
-            if reserved(name) {
-                return Err(Error::ReservedName(name.clone()));
-            }
+        if let Some(name) = &func.name
+            && reserved(name)
+        {
+            return Err(Error::ReservedName(name.clone()));
         }
     }
     Ok(())
@@ -581,7 +581,9 @@ impl FunctionPass<'_> {
         for (index, (instr, loc)) in instrs.iter().enumerate().rev() {
             let after = phi[index + 1];
             let rest = match instr {
-                _ if is_terminator(instr) => 0,
+                // A call ends the prepaid path: the global is exact when the callee starts, and
+                // the rest is prepaid again when the call returns.
+                _ if is_terminator(instr) || is_call(instr) => 0,
                 Instr::Block(b) => self.plan(b.seq, after)?,
                 Instr::Loop(l) => self.plan(l.seq, after)?,
                 Instr::IfElse(e) => {
@@ -875,19 +877,8 @@ impl FunctionPass<'_> {
                     }
                 }
                 Instr::Call(_) | Instr::CallIndirect(_) | Instr::CallRef(_) => {
-                    // The callee starts from the exact count; `after` is prepaid again on return.
-                    if after != 0 {
-                        new.extend(plain(vec![
-                            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
-                            i64_const(after as i64),
-                            Instr::Binop(walrus::ir::Binop {
-                                op: BinaryOp::I64Sub,
-                            }),
-                            Instr::GlobalSet(walrus::ir::GlobalSet {
-                                global: self.globals.ops,
-                            }),
-                        ]));
-                    }
+                    // The path ended at the call, so the global is exact for the callee; on
+                    // return, prepay the path after the call.
                     new.push((instr, loc));
                     self.stats.counters_placed += 1;
                     let mut reload = vec![Instr::GlobalGet(walrus::ir::GlobalGet {

@@ -315,12 +315,10 @@ impl Runtime {
             )));
         }
         let path = dir.join(format!("{key}.cwasm"));
-        if path.exists() {
-            if let Ok(bytes) = std::fs::read(&path) {
-                if let Ok(module) = self.deserialize(&bytes) {
-                    return self.prepare_module(module, instrumented.meter_map.clone());
-                }
-            }
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(module) = self.deserialize(&bytes)
+        {
+            return self.prepare_module(module, instrumented.meter_map.clone());
         }
         let artifact = self
             .engine

@@ -446,8 +446,8 @@ pub async fn invoke(
         meters: UsageMeters {
             ops: usage.ops,
             memory_peak_bytes: usage.memory_peak_bytes,
-            memory_ops_integral: 0,
-            memory_byte_ns: 0,
+            memory_ops_integral: usage.memory_ops_integral,
+            memory_byte_ns: usage.memory_byte_ns,
             io_in_bytes: usage.io_in_bytes,
             io_out_bytes: usage.io_out_bytes,
             host_calls: usage.host_calls,

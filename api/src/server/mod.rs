@@ -218,7 +218,11 @@ impl AppState {
                 tally_instrument::PRESETS.join(", ")
             )
         })?;
-        let runtime = Runtime::new(&RuntimeConfig::default()).context("starting the runtime")?;
+        let runtime = Runtime::new(&RuntimeConfig {
+            cache_dir: Some(data_dir.join("cache")),
+            ..RuntimeConfig::default()
+        })
+        .context("starting the runtime")?;
         let store = store::Store::open(data_dir)?;
         Ok(AppState {
             inner: Arc::new(Inner {

@@ -111,9 +111,12 @@ impl AppState {
     }
 
     fn prepare(&self, instrumented: &Instrumented) -> Result<Prepared, ApiError> {
+        // The precompiled artifact is cached on disk under the instrumented bytes' digest, so a
+        // restart deserializes instead of compiling.
+        let key = hex::encode(Sha256::digest(&instrumented.wasm));
         self.inner
             .runtime
-            .prepare(instrumented)
+            .prepare_cached(&key, instrumented)
             .map_err(|e| ApiError::InvalidModule(e.to_string()))
     }
 }
