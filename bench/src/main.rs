@@ -3,13 +3,17 @@
 //!
 //! ```text
 //! cargo run --release -p tally-bench -- metering [--json FILE] [--runs N] [--only NAME]
+//! cargo run --release -p tally-bench -- calibrate
 //! cargo run --release -p tally-bench -- pricing
 //! cargo run --release -p tally-bench -- ledger
+//! cargo run --release -p tally-bench -- serve
 //! ```
 
+mod calibrate;
 mod ledger;
 mod metering;
 mod pricing;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -24,8 +28,12 @@ struct Cli {
 enum Command {
     /// Metering overhead against plain wasmtime, wasmtime fuel and epochs, per workload.
     Metering(metering::Args),
+    /// Fit the `default` cost table to CPU time over the workload suite.
+    Calibrate(calibrate::Args),
     /// Pricing a 10,000-line invoice.
     Pricing,
+    /// Cold invocation of a no-op function against bare wasmtime and spawning /bin/true.
+    Serve(serve::Args),
     /// Ledger append throughput, monthly aggregation and bytes per record.
     Ledger,
 }
@@ -33,7 +41,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Metering(args) => metering::run(&args),
+        Command::Calibrate(args) => calibrate::run(&args),
         Command::Pricing => pricing::run(),
+        Command::Serve(args) => serve::run(&args),
         Command::Ledger => ledger::run(),
     }
 }

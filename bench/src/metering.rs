@@ -35,29 +35,29 @@ pub struct Args {
     guests: PathBuf,
 }
 
-struct Workload {
-    name: String,
-    wasm: Vec<u8>,
-    args: Vec<String>,
+pub struct Workload {
+    pub name: String,
+    pub wasm: Vec<u8>,
+    pub args: Vec<String>,
 }
 
-fn workloads(args: &Args) -> anyhow::Result<Vec<Workload>> {
+pub fn workloads(guests: &Path, only: Option<&str>, small: bool) -> anyhow::Result<Vec<Workload>> {
     let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(args.guests.join("manifest.json"))
+        &std::fs::read(guests.join("manifest.json"))
             .context("reading guests/manifest.json")?,
     )?;
     let mut out = Vec::new();
     for entry in manifest.as_array().context("manifest is an array")? {
         let name = entry["name"].as_str().context("name")?.to_string();
-        if args.only.as_ref().is_some_and(|only| *only != name) {
+        if only.is_some_and(|only| only != name) {
             continue;
         }
-        let key = if args.small {
+        let key = if small {
             "small_args"
         } else {
             "bench_args"
         };
-        let wasm = std::fs::read(args.guests.join(entry["wasm"].as_str().context("wasm")?))?;
+        let wasm = std::fs::read(guests.join(entry["wasm"].as_str().context("wasm")?))?;
         let mut argv = vec![name.clone()];
         argv.extend(
             entry[key]
@@ -75,7 +75,7 @@ fn workloads(args: &Args) -> anyhow::Result<Vec<Workload>> {
     Ok(out)
 }
 
-fn engine(fuel: bool, epochs: bool) -> anyhow::Result<Engine> {
+pub fn engine(fuel: bool, epochs: bool) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.consume_fuel(fuel).epoch_interruption(epochs);
     Ok(Engine::new(&config)?)
@@ -83,7 +83,7 @@ fn engine(fuel: bool, epochs: bool) -> anyhow::Result<Engine> {
 
 /// Instantiates and runs `_start` once; returns the elapsed time and, for instrumented
 /// modules, the count.
-fn run_once(
+pub fn run_once(
     engine: &Engine,
     module: &Module,
     args: &[String],
@@ -156,7 +156,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "ns/unit",
         "ns/fuel"
     );
-    for workload in workloads(args)? {
+    for workload in workloads(&args.guests, args.only.as_deref(), args.small)? {
         let started = Instant::now();
         let instrumented = instrument(&workload.wasm, &default_costs, &Options::default())?;
         let instrument_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -691,13 +691,22 @@ impl FunctionPass<'_> {
         ]);
         let then = self.new_seq(InstrSeqType::Simple(None), stop);
         let otherwise = self.new_seq(InstrSeqType::Simple(None), vec![]);
-        let mut check = executed(self.count);
+        // count > budget + phi (not count - phi > budget): `budget + phi` is loop-invariant, so
+        // Cranelift hoists it and a check costs one compare and branch per iteration. Both
+        // operands stay below 2^61 (OPS_MAX), so the addition cannot wrap.
+        let mut check = vec![Instr::LocalGet(walrus::ir::LocalGet { local: self.count })];
         check.push(match self.budget_local {
             Some(local) => Instr::LocalGet(walrus::ir::LocalGet { local }),
             None => Instr::GlobalGet(walrus::ir::GlobalGet {
                 global: self.globals.budget,
             }),
         });
+        if phi != 0 {
+            check.push(i64_const(phi as i64));
+            check.push(Instr::Binop(walrus::ir::Binop {
+                op: BinaryOp::I64Add,
+            }));
+        }
         check.push(Instr::Binop(walrus::ir::Binop {
             op: BinaryOp::I64GtU,
         }));
