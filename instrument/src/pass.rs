@@ -39,6 +39,28 @@ pub fn instrument(
     costs: &CostTable,
     options: &Options,
 ) -> Result<Instrumented, Error> {
+    // The pass recurses once per nesting level; run it on a stack sized for
+    // NESTING_DEPTH_MAX whatever thread the caller is on (test threads and tokio blocking
+    // threads have 2 MiB).
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("tally-instrument".into())
+            .stack_size(PASS_STACK_BYTES)
+            .spawn_scoped(scope, || instrument_on_this_thread(wasm, costs, options))
+            .map_err(|e| Error::Limit(format!("cannot start the instrumentation thread: {e}")))?
+            .join()
+            .map_err(|_| Error::Limit("the instrumentation pass panicked".into()))?
+    })
+}
+
+/// Stack for the pass: enough for [`NESTING_DEPTH_MAX`] levels in an unoptimized build.
+const PASS_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+fn instrument_on_this_thread(
+    wasm: &[u8],
+    costs: &CostTable,
+    options: &Options,
+) -> Result<Instrumented, Error> {
     if wasm.len() > MODULE_BYTES_MAX {
         return Err(Error::TooLarge(wasm.len()));
     }
@@ -180,6 +202,11 @@ struct MemoryGlobals {
 struct Weights {
     offsets: Vec<u32>,
     weights: Vec<u32>,
+    /// Offsets of `loop`s that some branch targets, dead code included (walrus drops dead
+    /// code, but the budget-check points are defined on the module as written).
+    branched_loops: HashSet<u32>,
+    /// Offsets of the first operator of every body that contains a call, dead code included.
+    calling_bodies: HashSet<u32>,
 }
 
 impl Weights {
@@ -200,8 +227,16 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
     let invalid = |e: wasmparser::BinaryReaderError| Error::Invalid(e.to_string());
     let mut offsets = Vec::new();
     let mut weights = Vec::new();
+    let mut branched_loops = HashSet::new();
+    let mut calling_bodies = HashSet::new();
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
+            Payload::Version {
+                encoding: wasmparser::Encoding::Component,
+                ..
+            } => {
+                return Err(Error::Invalid("a component is not a core module".into()));
+            }
             Payload::MemorySection(reader) => {
                 for memory in reader {
                     if memory.map_err(invalid)?.memory64 {
@@ -237,9 +272,48 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
             Payload::CodeSectionEntry(body) => {
                 let mut reader = body.get_operators_reader().map_err(invalid)?;
                 let mut depth = 0usize;
+                // (is a loop, offset) for every open block, loop and if.
+                let mut labels: Vec<(bool, u32)> = Vec::new();
+                let first =
+                    u32::try_from(reader.original_position()).expect("module size is limited");
                 while !reader.eof() {
                     let offset = reader.original_position();
                     let op = reader.read().map_err(invalid)?;
+                    let at = u32::try_from(offset).expect("module size is limited");
+                    let mut branch_to = |depth: u32, labels: &Vec<(bool, u32)>| {
+                        if let Some(&(true, loop_at)) = (depth as usize)
+                            .checked_add(1)
+                            .and_then(|d| labels.len().checked_sub(d))
+                            .map(|i| &labels[i])
+                        {
+                            branched_loops.insert(loop_at);
+                        }
+                    };
+                    match &op {
+                        Operator::Block { .. } | Operator::If { .. } => labels.push((false, at)),
+                        Operator::Loop { .. } => labels.push((true, at)),
+                        Operator::End => {
+                            labels.pop();
+                        }
+                        Operator::Br { relative_depth } | Operator::BrIf { relative_depth } => {
+                            branch_to(*relative_depth, &labels)
+                        }
+                        Operator::BrTable { targets } => {
+                            branch_to(targets.default(), &labels);
+                            for target in targets.targets() {
+                                branch_to(target.map_err(invalid)?, &labels);
+                            }
+                        }
+                        Operator::Call { .. }
+                        | Operator::CallIndirect { .. }
+                        | Operator::CallRef { .. }
+                        | Operator::ReturnCall { .. }
+                        | Operator::ReturnCallIndirect { .. }
+                        | Operator::ReturnCallRef { .. } => {
+                            calling_bodies.insert(first);
+                        }
+                        _ => {}
+                    }
                     match &op {
                         Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
                             depth += 1;
@@ -274,7 +348,12 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
             _ => {}
         }
     }
-    Ok(Weights { offsets, weights })
+    Ok(Weights {
+        offsets,
+        weights,
+        branched_loops,
+        calling_bodies,
+    })
 }
 
 fn reject_reserved_names(module: &Module) -> Result<(), Error> {
@@ -390,6 +469,20 @@ fn is_call(instr: &Instr) -> bool {
     )
 }
 
+/// Instructions that read linear memory: they can trap, and Cranelift may merge them into the
+/// instruction that consumes their value.
+fn reads_memory(instr: &Instr) -> bool {
+    matches!(
+        instr,
+        Instr::Load(_)
+            | Instr::LoadSimd(_)
+            | Instr::AtomicRmw(_)
+            | Instr::Cmpxchg(_)
+            | Instr::AtomicWait(_)
+            | Instr::AtomicNotify(_)
+    )
+}
+
 /// Instructions that can neither trap nor be the top frame of a trap; they need no correction.
 fn never_traps(instr: &Instr) -> bool {
     match instr {
@@ -447,7 +540,11 @@ impl FunctionPass<'_> {
             .checked_add(self.costs.function_entry())
             .filter(|&p| p < OPS_MAX)
             .ok_or_else(|| Error::Limit("a function's static cost overflows".into()))?;
-        let has_calls = self.has_calls(entry);
+        let first_loc = self.func.block(entry).instrs.first().map(|(_, loc)| *loc);
+        let has_calls = self.has_calls(entry)
+            || first_loc.is_some_and(|loc| {
+                !loc.is_default() && self.weights.calling_bodies.contains(&loc.data())
+            });
         let has_loop_checks = self.loops.iter().any(|l| self.targeted.contains(l));
         if has_loop_checks {
             self.budget_local = Some(locals.add(ValType::I64));
@@ -498,14 +595,14 @@ impl FunctionPass<'_> {
             self.loops.insert(seq);
         }
         self.stats.basic_blocks += 1;
-        let instrs: Vec<Instr> = self
-            .func
-            .block(seq)
-            .instrs
-            .iter()
-            .map(|(i, _)| i.clone())
-            .collect();
-        for instr in &instrs {
+        let instrs: Vec<(Instr, InstrLocId)> = self.func.block(seq).instrs.clone();
+        for (instr, loc) in &instrs {
+            if let Instr::Loop(l) = instr
+                && !loc.is_default()
+                && self.weights.branched_loops.contains(&loc.data())
+            {
+                self.targeted.insert(l.seq);
+            }
             match instr {
                 Instr::Block(b) => self.classify(b.seq, Construct::Block),
                 Instr::Loop(l) => self.classify(l.seq, Construct::Loop),
@@ -800,7 +897,7 @@ impl FunctionPass<'_> {
             let after = phi[index + 1];
             if !loc.is_default() && !never_traps(&instr) {
                 let correction = match &instr {
-                    _ if is_call(&instr) => 0,
+                    _ if is_call(&instr) || reads_memory(&instr) => 0,
                     Instr::Loop(l) => self.phi[&l.seq][0],
                     _ if is_terminator(&instr) => 0,
                     _ => after,
@@ -941,6 +1038,30 @@ impl FunctionPass<'_> {
                             op: BinaryOp::I64Add,
                         }),
                         Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+                        Instr::GlobalSet(walrus::ir::GlobalSet {
+                            global: self.globals.ops,
+                        }),
+                    ]));
+                }
+                ref load if reads_memory(load) && after != 0 => {
+                    // Cranelift may merge a load into the instruction that consumes its value,
+                    // and a trap is then reported at the consumer's offset. So the global is
+                    // made exact right before a load (no correction needed), and restored to the
+                    // running count right after it: the store in between also keeps the load
+                    // from being merged into a later instruction.
+                    new.extend(plain(vec![
+                        Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+                        i64_const(after as i64),
+                        Instr::Binop(walrus::ir::Binop {
+                            op: BinaryOp::I64Sub,
+                        }),
+                        Instr::GlobalSet(walrus::ir::GlobalSet {
+                            global: self.globals.ops,
+                        }),
+                    ]));
+                    new.push((instr, loc));
+                    new.extend(plain(vec![
+                        Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
                         Instr::GlobalSet(walrus::ir::GlobalSet {
                             global: self.globals.ops,
                         }),
