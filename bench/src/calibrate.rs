@@ -162,7 +162,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // Every class but register moves keeps a floor of 0.02 ns, so that no real work is free
     // even where the fit could trade it for another class.
     let floor: Vec<f64> = std::iter::once(0.02)
-        .chain(CLASSES.iter().map(|c| if *c == "free" { 0.0 } else { 0.02 }))
+        .chain(
+            CLASSES
+                .iter()
+                .map(|c| if *c == "free" { 0.0 } else { 0.02 }),
+        )
         .collect();
     let mut x = vec![0.3; k];
     for _ in 0..20_000 {
@@ -210,8 +214,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     });
     let fitted = CostTable::from_json(&table.to_string())?;
-    let exact: Vec<f64> = rows.iter().map(|(_, t, n)| t / n.iter().zip(&x).map(|(a, b)| a * b).sum::<f64>()).collect();
-    println!("spread of the unrounded fit (ns per ns): {:.3}", spread(&exact));
+    let exact: Vec<f64> = rows
+        .iter()
+        .map(|(_, t, n)| t / n.iter().zip(&x).map(|(a, b)| a * b).sum::<f64>())
+        .collect();
+    println!(
+        "spread of the unrounded fit (ns per ns): {:.3}",
+        spread(&exact)
+    );
     println!("class ns per execution:");
     println!("  {:<10} {:.4}", "control", x[0]);
     for (i, class) in CLASSES.iter().enumerate() {

@@ -43,8 +43,7 @@ pub struct Workload {
 
 pub fn workloads(guests: &Path, only: Option<&str>, small: bool) -> anyhow::Result<Vec<Workload>> {
     let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(guests.join("manifest.json"))
-            .context("reading guests/manifest.json")?,
+        &std::fs::read(guests.join("manifest.json")).context("reading guests/manifest.json")?,
     )?;
     let mut out = Vec::new();
     for entry in manifest.as_array().context("manifest is an array")? {
@@ -52,11 +51,7 @@ pub fn workloads(guests: &Path, only: Option<&str>, small: bool) -> anyhow::Resu
         if only.is_some_and(|only| only != name) {
             continue;
         }
-        let key = if small {
-            "small_args"
-        } else {
-            "bench_args"
-        };
+        let key = if small { "small_args" } else { "bench_args" };
         let wasm = std::fs::read(guests.join(entry["wasm"].as_str().context("wasm")?))?;
         let mut argv = vec![name.clone()];
         argv.extend(

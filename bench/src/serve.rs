@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tally_instrument::{CostTable, Options, instrument};
 use tally_runtime::{Invocation, Runtime, RuntimeConfig};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Store,
+};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -31,11 +33,20 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
 
 /// Runs the cold-invocation benchmark.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let wasm = std::fs::read(&args.module).with_context(|| format!("reading {}", args.module.display()))?;
+    let wasm = std::fs::read(&args.module)
+        .with_context(|| format!("reading {}", args.module.display()))?;
 
     // tally: instrumented, pooled, fresh store + instance, usage report.
-    let runtime = Runtime::new(&RuntimeConfig { pooling_instances: 64, pooling_memory_bytes: 64 << 20, cache_dir: None })?;
-    let instrumented = instrument(&wasm, &CostTable::preset("default").context("preset")?, &Options::default())?;
+    let runtime = Runtime::new(&RuntimeConfig {
+        pooling_instances: 64,
+        pooling_memory_bytes: 64 << 20,
+        cache_dir: None,
+    })?;
+    let instrumented = instrument(
+        &wasm,
+        &CostTable::preset("default").context("preset")?,
+        &Options::default(),
+    )?;
     let prepared = runtime.prepare(&instrumented)?;
     let mut tally = Vec::with_capacity(args.iterations);
     for _ in 0..args.iterations {
@@ -47,7 +58,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // Reference: bare wasmtime with the pooling allocator, uninstrumented module.
     let mut pooling = PoolingAllocationConfig::default();
-    pooling.total_memories(64).total_tables(64).total_core_instances(64).max_memory_size(64 << 20);
+    pooling
+        .total_memories(64)
+        .total_tables(64)
+        .total_core_instances(64)
+        .max_memory_size(64 << 20);
     let mut config = Config::new();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     let engine = Engine::new(&config)?;
@@ -58,7 +73,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut bare = Vec::with_capacity(args.iterations);
     for _ in 0..args.iterations {
         let started = Instant::now();
-        let wasi = WasiCtxBuilder::new().args(&["noop"]).stdout(MemoryOutputPipe::new(1 << 20)).build_p1();
+        let wasi = WasiCtxBuilder::new()
+            .args(&["noop"])
+            .stdout(MemoryOutputPipe::new(1 << 20))
+            .build_p1();
         let mut store = Store::new(&engine, wasi);
         let instance = pre.instantiate(&mut store)?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -77,10 +95,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (t50, t99) = percentiles(tally);
     let (b50, b99) = percentiles(bare);
     let (s50, s99) = percentiles(spawn);
-    println!("{:<58} {:>9} {:>9}", "cold invoke of a no-op function", "p50 µs", "p99 µs");
-    println!("{:<58} {:>9.1} {:>9.1}", "tally (instrumented, fresh instance, usage report)", t50, t99);
-    println!("{:<58} {:>9.1} {:>9.1}", "bare wasmtime pooling instantiate + run (reference)", b50, b99);
-    println!("{:<58} {:>9.1} {:>9.1}", "spawn /bin/true (floor of a container start)", s50, s99);
-    println!("tally / bare wasmtime p50: {:.2}×; /bin/true / tally p50: {:.1}×", t50 / b50, s50 / t50);
+    println!(
+        "{:<58} {:>9} {:>9}",
+        "cold invoke of a no-op function", "p50 µs", "p99 µs"
+    );
+    println!(
+        "{:<58} {:>9.1} {:>9.1}",
+        "tally (instrumented, fresh instance, usage report)", t50, t99
+    );
+    println!(
+        "{:<58} {:>9.1} {:>9.1}",
+        "bare wasmtime pooling instantiate + run (reference)", b50, b99
+    );
+    println!(
+        "{:<58} {:>9.1} {:>9.1}",
+        "spawn /bin/true (floor of a container start)", s50, s99
+    );
+    println!(
+        "tally / bare wasmtime p50: {:.2}×; /bin/true / tally p50: {:.1}×",
+        t50 / b50,
+        s50 / t50
+    );
     Ok(())
 }
