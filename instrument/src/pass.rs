@@ -760,6 +760,16 @@ impl FunctionPass<'_> {
         ]
     }
 
+    /// `__tally_ops = count`.
+    fn restore(&self) -> Vec<Instr> {
+        vec![
+            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+            Instr::GlobalSet(walrus::ir::GlobalSet {
+                global: self.globals.ops,
+            }),
+        ]
+    }
+
     /// Stops the run if the executed count (`count - phi`) is above the budget.
     fn budget_check(&mut self, phi: u64) -> Vec<Instr> {
         self.stats.budget_checks_placed += 1;
@@ -893,8 +903,24 @@ impl FunctionPass<'_> {
         if self.loops.contains(&seq) && self.targeted.contains(&seq) {
             new.extend(plain(self.budget_check(phi[0])));
         }
+        // Whether the global holds the exact count of the last load rather than the running
+        // count (see the load arm below); restored before anything that relies on it.
+        let mut exact_for_load = false;
         for (index, (instr, loc)) in old.into_iter().enumerate() {
             let after = phi[index + 1];
+            let straight_line_pure = never_traps(&instr)
+                && !matches!(
+                    instr,
+                    Instr::Block(_)
+                        | Instr::IfElse(_)
+                        | Instr::Br(_)
+                        | Instr::BrIf(_)
+                        | Instr::BrTable(_)
+                );
+            if exact_for_load && !straight_line_pure && !reads_memory(&instr) {
+                new.extend(plain(self.restore()));
+                exact_for_load = false;
+            }
             if !loc.is_default() && !never_traps(&instr) {
                 let correction = match &instr {
                     _ if is_call(&instr) || reads_memory(&instr) => 0,
@@ -1044,11 +1070,13 @@ impl FunctionPass<'_> {
                     ]));
                 }
                 ref load if reads_memory(load) && after != 0 => {
-                    // Cranelift may merge a load into the instruction that consumes its value,
-                    // and a trap is then reported at the consumer's offset. So the global is
-                    // made exact right before a load (no correction needed), and restored to the
-                    // running count right after it: the store in between also keeps the load
-                    // from being merged into a later instruction.
+                    // Cranelift may merge a load into an instruction that consumes its value,
+                    // and a trap of the load is then reported at the consumer's offset. So the
+                    // global is made exact right before a load: a trap there needs no
+                    // correction, and the consumers a load can be merged into are pure
+                    // instructions, which have no meter-map entry either (before anything
+                    // else the running count is restored, and that store keeps the load from
+                    // being merged past it).
                     new.extend(plain(vec![
                         Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
                         i64_const(after as i64),
@@ -1060,15 +1088,13 @@ impl FunctionPass<'_> {
                         }),
                     ]));
                     new.push((instr, loc));
-                    new.extend(plain(vec![
-                        Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
-                        Instr::GlobalSet(walrus::ir::GlobalSet {
-                            global: self.globals.ops,
-                        }),
-                    ]));
+                    exact_for_load = true;
                 }
                 _ => new.push((instr, loc)),
             }
+        }
+        if exact_for_load {
+            new.extend(plain(self.restore()));
         }
         self.func.block_mut(seq).instrs = new;
         Ok(())
