@@ -218,9 +218,13 @@ impl AppState {
                 tally_instrument::PRESETS.join(", ")
             )
         })?;
+        // One pooled instance slot per concurrent invocation (the semaphore below caps them),
+        // each sized for the server-wide memory maximum.
         let runtime = Runtime::new(&RuntimeConfig {
+            pooling_instances: u32::try_from(limits.invocations_concurrent_max)
+                .context("too many concurrent invocations")?,
+            pooling_memory_bytes: limits.memory_bytes_max,
             cache_dir: Some(data_dir.join("cache")),
-            ..RuntimeConfig::default()
         })
         .context("starting the runtime")?;
         let store = store::Store::open(data_dir)?;
