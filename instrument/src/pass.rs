@@ -565,9 +565,7 @@ impl FunctionPass<'_> {
                 op: BinaryOp::I64Add,
             }),
             Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
-            Instr::GlobalSet(walrus::ir::GlobalSet {
-                global: self.globals.ops,
-            }),
+            self.set_ops(),
         ];
         self.stats.counters_placed += 1;
         if let Some(budget) = self.budget_local {
@@ -649,6 +647,18 @@ impl FunctionPass<'_> {
                 self.needs_scratch(e.consequent) || self.needs_scratch(e.alternative)
             }
             other => matches!(other, Instr::MemoryGrow(_)) || self.variable_cost(other) > 0,
+        })
+    }
+
+    /// `local.get count`.
+    fn get_count(&self) -> Instr {
+        Instr::LocalGet(walrus::ir::LocalGet { local: self.count })
+    }
+
+    /// `global.set __tally_ops`.
+    fn set_ops(&self) -> Instr {
+        Instr::GlobalSet(walrus::ir::GlobalSet {
+            global: self.globals.ops,
         })
     }
 
@@ -748,26 +758,19 @@ impl FunctionPass<'_> {
         }
         self.stats.counters_placed += 1;
         vec![
-            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+            self.get_count(),
             i64_const(delta),
             Instr::Binop(walrus::ir::Binop {
                 op: BinaryOp::I64Add,
             }),
             Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
-            Instr::GlobalSet(walrus::ir::GlobalSet {
-                global: self.globals.ops,
-            }),
+            self.set_ops(),
         ]
     }
 
     /// `__tally_ops = count`.
     fn restore(&self) -> Vec<Instr> {
-        vec![
-            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
-            Instr::GlobalSet(walrus::ir::GlobalSet {
-                global: self.globals.ops,
-            }),
-        ]
+        vec![self.get_count(), self.set_ops()]
     }
 
     /// Stops the run if the executed count (`count - phi`) is above the budget.
@@ -785,9 +788,7 @@ impl FunctionPass<'_> {
         };
         let mut stop = executed(self.count);
         stop.extend([
-            Instr::GlobalSet(walrus::ir::GlobalSet {
-                global: self.globals.ops,
-            }),
+            self.set_ops(),
             Instr::Const(walrus::ir::Const {
                 value: Value::I32(1),
             }),
@@ -801,7 +802,7 @@ impl FunctionPass<'_> {
         // count > budget + phi (not count - phi > budget): `budget + phi` is loop-invariant, so
         // Cranelift hoists it and a check costs one compare and branch per iteration. Both
         // operands stay below 2^61 (OPS_MAX), so the addition cannot wrap.
-        let mut check = vec![Instr::LocalGet(walrus::ir::LocalGet { local: self.count })];
+        let mut check = vec![self.get_count()];
         check.push(match self.budget_local {
             Some(local) => Instr::LocalGet(walrus::ir::LocalGet { local }),
             None => Instr::GlobalGet(walrus::ir::GlobalGet {
@@ -839,7 +840,7 @@ impl FunctionPass<'_> {
         let set = |global| Instr::GlobalSet(walrus::ir::GlobalSet { global });
         let op = |op| Instr::Binop(walrus::ir::Binop { op });
         let now = vec![
-            Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+            self.get_count(),
             i64_const(after as i64),
             op(BinaryOp::I64Sub),
         ];
@@ -1023,9 +1024,7 @@ impl FunctionPass<'_> {
                                 op: BinaryOp::I64Add,
                             }),
                             Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
-                            Instr::GlobalSet(walrus::ir::GlobalSet {
-                                global: self.globals.ops,
-                            }),
+                            self.set_ops(),
                         ]);
                     } else {
                         reload.push(Instr::LocalSet(walrus::ir::LocalSet { local: self.count }));
@@ -1051,7 +1050,7 @@ impl FunctionPass<'_> {
                     }
                     self.stats.counters_placed += 1;
                     new.extend(plain(vec![
-                        Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+                        self.get_count(),
                         Instr::LocalGet(walrus::ir::LocalGet { local: scratch }),
                         Instr::Unop(walrus::ir::Unop {
                             op: UnaryOp::I64ExtendUI32,
@@ -1064,9 +1063,7 @@ impl FunctionPass<'_> {
                             op: BinaryOp::I64Add,
                         }),
                         Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
-                        Instr::GlobalSet(walrus::ir::GlobalSet {
-                            global: self.globals.ops,
-                        }),
+                        self.set_ops(),
                     ]));
                 }
                 ref load if reads_memory(load) && after != 0 => {
@@ -1078,14 +1075,12 @@ impl FunctionPass<'_> {
                     // else the running count is restored, and that store keeps the load from
                     // being merged past it).
                     new.extend(plain(vec![
-                        Instr::LocalGet(walrus::ir::LocalGet { local: self.count }),
+                        self.get_count(),
                         i64_const(after as i64),
                         Instr::Binop(walrus::ir::Binop {
                             op: BinaryOp::I64Sub,
                         }),
-                        Instr::GlobalSet(walrus::ir::GlobalSet {
-                            global: self.globals.ops,
-                        }),
+                        self.set_ops(),
                     ]));
                     new.push((instr, loc));
                     exact_for_load = true;
