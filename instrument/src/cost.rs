@@ -22,10 +22,26 @@ const PRESET_WASMTIME_FUEL: &str = include_str!("../costs/wasmtime-fuel.json");
 /// The names of the built-in cost tables.
 pub const PRESETS: [&str; 2] = ["default", "wasmtime-fuel"];
 
+macro_rules! has_memarg_arg {
+    () => {
+        false
+    };
+    (memarg $($rest:ident)*) => {
+        true
+    };
+    ($first:ident $($rest:ident)*) => {
+        has_memarg_arg!($($rest)*)
+    };
+}
+
 macro_rules! define_operator_names {
     ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*) )*) => {
         /// Every operator name wasmparser knows, in wasmparser's order.
         const OPERATOR_NAMES: &[&str] = &[$(stringify!($op),)*];
+
+        /// Whether the operator with the same index takes a memory argument (it accesses
+        /// linear memory at an address operand).
+        const OPERATOR_HAS_MEMARG: &[bool] = &[$(has_memarg_arg!($($($arg)*)?),)*];
 
         /// The position of `op` in [`OPERATOR_NAMES`].
         fn operator_index(op: &Operator<'_>) -> usize {
@@ -280,6 +296,11 @@ impl CostTable {
     pub fn variable(&self) -> &VariableCosts {
         &self.variable
     }
+}
+
+/// Whether an operator accesses linear memory through a memory argument.
+pub(crate) fn has_memarg(op: &Operator<'_>) -> bool {
+    OPERATOR_HAS_MEMARG[operator_index(op)]
 }
 
 /// The wasmparser name of an operator (`I32Add`, `MemoryCopy`, ...).

@@ -58,6 +58,7 @@
 #![deny(missing_docs)]
 
 mod cost;
+mod merge;
 mod meter;
 mod pass;
 

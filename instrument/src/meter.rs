@@ -13,30 +13,61 @@ pub struct MeterMap {
     offsets: Vec<u32>,
     /// The prepaid amount to subtract at the instruction with the same index in `offsets`.
     corrections: Vec<u64>,
+    /// Offsets of instructions that may have absorbed a load (Cranelift merges a load into its
+    /// consumer and reports the load's trap at the consumer), ascending.
+    #[serde(default)]
+    merged_offsets: Vec<u32>,
+    /// The load's correction, for an out-of-bounds trap at the same index in `merged_offsets`.
+    #[serde(default)]
+    merged_corrections: Vec<u64>,
+}
+
+fn sorted(mut entries: Vec<(u32, u64)>) -> (Vec<u32>, Vec<u64>) {
+    entries.sort_unstable_by_key(|&(offset, _)| offset);
+    entries.dedup_by_key(|&mut (offset, _)| offset);
+    entries.into_iter().unzip()
+}
+
+fn lookup(offsets: &[u32], corrections: &[u64], module_offset: usize) -> Option<u64> {
+    let offset = u32::try_from(module_offset).ok()?;
+    let index = offsets.binary_search(&offset).ok()?;
+    Some(corrections[index])
 }
 
 impl MeterMap {
-    pub(crate) fn new(mut entries: Vec<(u32, u64)>) -> MeterMap {
-        entries.sort_unstable_by_key(|&(offset, _)| offset);
-        entries.dedup_by_key(|&mut (offset, _)| offset);
-        let (offsets, corrections) = entries.into_iter().unzip();
+    pub(crate) fn new(entries: Vec<(u32, u64)>, merged: Vec<(u32, u64)>) -> MeterMap {
+        let (offsets, corrections) = sorted(entries);
+        let (merged_offsets, merged_corrections) = sorted(merged);
         MeterMap {
             offsets,
             corrections,
+            merged_offsets,
+            merged_corrections,
         }
+    }
+
+    /// The amount to subtract from `__tally_ops` after a trap whose top wasm frame is at
+    /// `module_offset`. `out_of_bounds` says whether the trap was an out-of-bounds memory
+    /// access: at an instruction that does not access memory itself, such a trap is a load
+    /// Cranelift merged into it, and the load's correction applies.
+    pub fn trap_correction(&self, module_offset: usize, out_of_bounds: bool) -> u64 {
+        if out_of_bounds
+            && let Some(correction) = lookup(
+                &self.merged_offsets,
+                &self.merged_corrections,
+                module_offset,
+            )
+        {
+            return correction;
+        }
+        self.correction_at(module_offset)
     }
 
     /// The amount to subtract from `__tally_ops` when a trap's top wasm frame is at
     /// `module_offset`. Offsets that are not instructions of the original module (a function
     /// prologue, code the pass inserted) carry no prepaid amount.
     pub fn correction_at(&self, module_offset: usize) -> u64 {
-        let Ok(offset) = u32::try_from(module_offset) else {
-            return 0;
-        };
-        match self.offsets.binary_search(&offset) {
-            Ok(index) => self.corrections[index],
-            Err(_) => 0,
-        }
+        lookup(&self.offsets, &self.corrections, module_offset).unwrap_or(0)
     }
 
     /// How many instructions have an entry.
@@ -62,6 +93,10 @@ pub struct Stats {
     pub counters_placed: usize,
     /// Places where the budget is checked.
     pub budget_checks_placed: usize,
+    /// Stores placed before memory accesses that could otherwise absorb a load (see the crate
+    /// documentation on traps).
+    #[serde(default)]
+    pub fences_placed: usize,
     /// Input size in bytes.
     pub input_bytes: usize,
     /// Output size in bytes.

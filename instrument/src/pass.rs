@@ -114,8 +114,13 @@ fn instrument_on_this_thread(
         mark: add_i64(MEMORY_MARK_GLOBAL, 0),
         integral: add_i64(MEMORY_INTEGRAL_GLOBAL, 0),
     };
+    let fence =
+        module
+            .globals
+            .add_local(ValType::I32, true, false, ConstExpr::Value(Value::I32(0)));
     let globals = Globals {
         ops,
+        fence,
         budget,
         exhausted,
         memory,
@@ -142,6 +147,7 @@ fn instrument_on_this_thread(
             globals,
             count: locals.add(ValType::I64),
             scratch: None,
+            fences: 0,
             grow_result: None,
             budget_local: None,
             phi: HashMap::new(),
@@ -162,18 +168,29 @@ fn instrument_on_this_thread(
     });
     let out = module.emit_wasm();
     let transform = std::mem::take(&mut *captured.lock().expect("meter section lock"));
-    let mut entries = Vec::with_capacity(corrections.len());
-    for (loc, correction) in corrections {
-        let Ok(index) = transform.binary_search_by_key(&loc, |&(l, _)| l) else {
-            continue; // the instruction was in code walrus dropped as unused
+    let output_offset = |loc: u32| {
+        // None: the instruction was in code walrus dropped as unused.
+        let index = transform.binary_search_by_key(&loc, |&(l, _)| l).ok()?;
+        Some(u32::try_from(transform[index].1).expect("offsets fit the module size"))
+    };
+    corrections.sort_unstable_by_key(|&(loc, _)| loc);
+    let mut merged = Vec::with_capacity(weights.analysis.merged.len());
+    for &(consumer, load) in &weights.analysis.merged {
+        let Ok(index) = corrections.binary_search_by_key(&load, |&(l, _)| l) else {
+            continue;
         };
-        let offset = u32::try_from(transform[index].1).expect("offsets fit the module size");
-        entries.push((offset, correction));
+        if let Some(offset) = output_offset(consumer) {
+            merged.push((offset, corrections[index].1));
+        }
     }
+    let entries = corrections
+        .into_iter()
+        .filter_map(|(loc, correction)| Some((output_offset(loc)?, correction)))
+        .collect();
     stats.output_bytes = out.len();
     Ok(Instrumented {
         wasm: out,
-        meter_map: MeterMap::new(entries),
+        meter_map: MeterMap::new(entries, merged),
         stats,
     })
 }
@@ -182,6 +199,8 @@ fn instrument_on_this_thread(
 #[derive(Clone, Copy)]
 struct Globals {
     ops: GlobalId,
+    /// Written by fences, never read.
+    fence: GlobalId,
     budget: GlobalId,
     exhausted: GlobalId,
     memory: MemoryGlobals,
@@ -207,6 +226,8 @@ struct Weights {
     branched_loops: HashSet<u32>,
     /// Offsets of the first operator of every body that contains a call, dead code included.
     calling_bodies: HashSet<u32>,
+    /// Loads Cranelift may merge into their consumer: fences and out-of-bounds corrections.
+    analysis: crate::merge::Analysis,
 }
 
 impl Weights {
@@ -229,8 +250,22 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
     let mut weights = Vec::new();
     let mut branched_loops = HashSet::new();
     let mut calling_bodies = HashSet::new();
+    let mut types = crate::merge::ModuleTypes::default();
+    let mut analysis = crate::merge::Analysis::default();
+    let mut bodies_seen = 0usize;
+    let mut imported_functions = 0usize;
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
+            Payload::TypeSection(reader) => {
+                for group in reader {
+                    types.types.extend(group.map_err(invalid)?.into_types());
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for ty in reader {
+                    types.function_types.push(ty.map_err(invalid)?);
+                }
+            }
             Payload::Version {
                 encoding: wasmparser::Encoding::Component,
                 ..
@@ -254,6 +289,10 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
                     match import.map_err(invalid)?.ty {
+                        wasmparser::TypeRef::Func(ty) => {
+                            types.function_types.push(ty);
+                            imported_functions += 1;
+                        }
                         wasmparser::TypeRef::Memory(m) if m.memory64 => {
                             return Err(Error::Unsupported("memory64".into()));
                         }
@@ -276,6 +315,13 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
                 let mut labels: Vec<(bool, u32)> = Vec::new();
                 let first =
                     u32::try_from(reader.original_position()).expect("module size is limited");
+                let function_type = types
+                    .function_types
+                    .get(imported_functions + bodies_seen)
+                    .copied()
+                    .ok_or_else(|| Error::Invalid("a body without a function".into()))?;
+                bodies_seen += 1;
+                let mut merges = crate::merge::Body::new(&types, function_type);
                 while !reader.eof() {
                     let offset = reader.original_position();
                     let op = reader.read().map_err(invalid)?;
@@ -341,6 +387,7 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
                         _ => {}
                     }
                     let offset = u32::try_from(offset).expect("module size is limited");
+                    merges.operator(offset, &op, &mut analysis)?;
                     offsets.push(offset);
                     weights.push(u32::try_from(costs.weight(&op)).expect("weights are u32"));
                 }
@@ -353,6 +400,7 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
         weights,
         branched_loops,
         calling_bodies,
+        analysis,
     })
 }
 
@@ -431,6 +479,8 @@ struct FunctionPass<'a> {
     count: LocalId,
     /// An i32 scratch local for the operand of a bulk operation.
     scratch: Option<LocalId>,
+    /// Fences placed in this function so far.
+    fences: i32,
     /// An i32 scratch local for the result of `memory.grow`.
     grow_result: Option<LocalId>,
     /// The budget, read once at function entry when the function has loop checks.
@@ -466,20 +516,6 @@ fn is_call(instr: &Instr) -> bool {
     matches!(
         instr,
         Instr::Call(_) | Instr::CallIndirect(_) | Instr::CallRef(_)
-    )
-}
-
-/// Instructions that read linear memory: they can trap, and Cranelift may merge them into the
-/// instruction that consumes their value.
-fn reads_memory(instr: &Instr) -> bool {
-    matches!(
-        instr,
-        Instr::Load(_)
-            | Instr::LoadSimd(_)
-            | Instr::AtomicRmw(_)
-            | Instr::Cmpxchg(_)
-            | Instr::AtomicWait(_)
-            | Instr::AtomicNotify(_)
     )
 }
 
@@ -768,9 +804,19 @@ impl FunctionPass<'_> {
         ]
     }
 
-    /// `__tally_ops = count`.
-    fn restore(&self) -> Vec<Instr> {
-        vec![self.get_count(), self.set_ops()]
+    /// A store Cranelift can neither merge a load past nor remove: a constant, unique within
+    /// the function (so never an idempotent store), to a global of its own.
+    fn fence(&mut self) -> Vec<Instr> {
+        self.stats.fences_placed += 1;
+        self.fences += 1;
+        vec![
+            Instr::Const(walrus::ir::Const {
+                value: Value::I32(self.fences),
+            }),
+            Instr::GlobalSet(walrus::ir::GlobalSet {
+                global: self.globals.fence,
+            }),
+        ]
     }
 
     /// Stops the run if the executed count (`count - phi`) is above the budget.
@@ -904,27 +950,16 @@ impl FunctionPass<'_> {
         if self.loops.contains(&seq) && self.targeted.contains(&seq) {
             new.extend(plain(self.budget_check(phi[0])));
         }
-        // Whether the global holds the exact count of the last load rather than the running
-        // count (see the load arm below); restored before anything that relies on it.
-        let mut exact_for_load = false;
         for (index, (instr, loc)) in old.into_iter().enumerate() {
             let after = phi[index + 1];
-            let straight_line_pure = never_traps(&instr)
-                && !matches!(
-                    instr,
-                    Instr::Block(_)
-                        | Instr::IfElse(_)
-                        | Instr::Br(_)
-                        | Instr::BrIf(_)
-                        | Instr::BrTable(_)
-                );
-            if exact_for_load && !straight_line_pure && !reads_memory(&instr) {
-                new.extend(plain(self.restore()));
-                exact_for_load = false;
+            if !loc.is_default() && self.weights.analysis.fences.contains(&loc.data()) {
+                // A memory access that may have absorbed the load before it: the store keeps
+                // Cranelift from merging them (see `merge`).
+                new.extend(plain(self.fence()));
             }
             if !loc.is_default() && !never_traps(&instr) {
                 let correction = match &instr {
-                    _ if is_call(&instr) || reads_memory(&instr) => 0,
+                    _ if is_call(&instr) => 0,
                     Instr::Loop(l) => self.phi[&l.seq][0],
                     _ if is_terminator(&instr) => 0,
                     _ => after,
@@ -1066,30 +1101,8 @@ impl FunctionPass<'_> {
                         self.set_ops(),
                     ]));
                 }
-                ref load if reads_memory(load) && after != 0 => {
-                    // Cranelift may merge a load into an instruction that consumes its value,
-                    // and a trap of the load is then reported at the consumer's offset. So the
-                    // global is made exact right before a load: a trap there needs no
-                    // correction, and the consumers a load can be merged into are pure
-                    // instructions, which have no meter-map entry either (before anything
-                    // else the running count is restored, and that store keeps the load from
-                    // being merged past it).
-                    new.extend(plain(vec![
-                        self.get_count(),
-                        i64_const(after as i64),
-                        Instr::Binop(walrus::ir::Binop {
-                            op: BinaryOp::I64Sub,
-                        }),
-                        self.set_ops(),
-                    ]));
-                    new.push((instr, loc));
-                    exact_for_load = true;
-                }
                 _ => new.push((instr, loc)),
             }
-        }
-        if exact_for_load {
-            new.extend(plain(self.restore()));
         }
         self.func.block_mut(seq).instrs = new;
         Ok(())

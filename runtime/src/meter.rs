@@ -63,7 +63,11 @@ pub fn exact_ops(
             .downcast_ref::<WasmBacktrace>()
             .and_then(|trace| trace.frames().first())
             .and_then(|frame| frame.module_offset())
-            .map_or(0, |offset| meter_map.correction_at(offset)),
+            .map_or(0, |offset| {
+                let out_of_bounds = error.downcast_ref::<wasmtime::Trap>()
+                    == Some(&wasmtime::Trap::MemoryOutOfBounds);
+                meter_map.trap_correction(offset, out_of_bounds)
+            }),
         _ => 0,
     };
     assert!(
