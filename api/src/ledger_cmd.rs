@@ -94,8 +94,9 @@ pub fn month_period(label: &str) -> anyhow::Result<Period> {
 pub fn run_audit(args: &AuditArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         AuditCommand::Verify { data } => {
-            let ledger = SqliteLedger::open(data)
-                .with_context(|| format!("opening the ledger in {}", data.display()))?;
+            // Read-only: works beside a running `tally serve` (WAL readers see committed state).
+            let ledger = SqliteLedger::open_read_only(data)
+                .with_context(|| format!("opening the ledger in {} read-only", data.display()))?;
             match ledger.verify()? {
                 ChainVerdict::Intact {
                     records,
@@ -124,8 +125,22 @@ fn hex_encode(bytes: &[u8]) -> String {
 /// Runs `tally invoice ...`. The finalization instant is the system clock (the CLI owns it).
 pub fn run_invoice(args: &InvoiceArgs) -> anyhow::Result<ExitCode> {
     let period = month_period(&args.period)?;
-    let ledger = SqliteLedger::open(&args.data)
-        .with_context(|| format!("opening the ledger in {}", args.data.display()))?;
+    // A draft only reads, so it runs beside `tally serve`; finalizing writes and needs the
+    // directory's writer lock.
+    let ledger = if args.finalize {
+        match SqliteLedger::open(&args.data) {
+            Err(tally_ledger::Error::Locked { dir }) => bail!(
+                "cannot finalize: another process (probably `tally serve`) holds the ledger in \
+                 {dir}; finalize through the running server (POST /v1/invoices) or stop it first"
+            ),
+            other => {
+                other.with_context(|| format!("opening the ledger in {}", args.data.display()))?
+            }
+        }
+    } else {
+        SqliteLedger::open_read_only(&args.data)
+            .with_context(|| format!("opening the ledger in {} read-only", args.data.display()))?
+    };
     let tenant = match ledger.find_tenant(&args.tenant)? {
         Some(tenant) => tenant,
         None => match args.tenant.parse::<i64>() {

@@ -15,6 +15,9 @@ use crate::{
 
 /// Producer threads in the throughput benchmark (the target).
 pub const PRODUCERS: usize = 32;
+/// Worker threads of the tokio runtime running the producers of [`throughput_async`] in
+/// [`run_all`] (one per core of the 2-core reference machine, like `tally serve` there).
+pub const ASYNC_WORKER_THREADS: usize = 2;
 /// Records in the aggregation benchmark.
 pub const AGGREGATION_RECORDS: usize = 1_000_000;
 /// 2026-11-01T00:00:00Z in Unix milliseconds.
@@ -201,6 +204,58 @@ pub fn throughput(
             handle.join().expect("producer panicked")?;
         }
         Ok(())
+    })?;
+    let elapsed = start.elapsed();
+    Ok(Throughput {
+        records: producers as u64 * per_producer,
+        elapsed,
+    })
+}
+
+/// Like [`throughput`] with one record per call, but the producers are `producers` tokio tasks on
+/// a runtime with `worker_threads` threads (as in `tally serve`, whose request handlers are the
+/// real producers), each awaiting [`Ledger::append_async`] before producing its next record.
+pub fn throughput_async(
+    dir: &Path,
+    options: OpenOptions,
+    producers: usize,
+    per_producer: u64,
+    worker_threads: usize,
+    keys: KeyOrder,
+) -> Result<Throughput> {
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open_with(dir, options)?);
+    let fixture = fixture(ledger.as_ref(), "throughput")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .build()
+        .map_err(|source| crate::Error::Io {
+            what: "starting the benchmark's tokio runtime".into(),
+            source,
+        })?;
+    let start = Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let ledger = Arc::clone(&ledger);
+                let fixture = fixture.clone();
+                tokio::spawn(async move {
+                    let prefix = format!("p{p:02}");
+                    for n in 0..per_producer {
+                        let mut record =
+                            sample_record(&fixture, &prefix, n, NOVEMBER_2026_START_MS + n as i64);
+                        if keys == KeyOrder::Scattered {
+                            record.idempotency_key = format!("{prefix}-{n:016}");
+                        }
+                        assert!(ledger.append_async(record).await?.created);
+                    }
+                    Ok::<(), crate::Error>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("producer task panicked")?;
+        }
+        Ok::<(), crate::Error>(())
     })?;
     let elapsed = start.elapsed();
     Ok(Throughput {
@@ -401,6 +456,54 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             KeyOrder::TimeOrdered,
         ),
     ];
+    let async_runs: [(&str, Durability, bool, KeyOrder); 4] = [
+        (
+            "NORMAL, group commit, 1 record per append_async",
+            Durability::Process,
+            false,
+            KeyOrder::TimeOrdered,
+        ),
+        (
+            "NORMAL, group commit, 1 record per append_async, scattered keys",
+            Durability::Process,
+            false,
+            KeyOrder::Scattered,
+        ),
+        (
+            "NORMAL, one transaction per record, append_async",
+            Durability::Process,
+            true,
+            KeyOrder::TimeOrdered,
+        ),
+        (
+            "FULL, group commit, 1 record per append_async",
+            Durability::PowerLoss,
+            false,
+            KeyOrder::TimeOrdered,
+        ),
+    ];
+    for (index, (label, durability, transaction_per_record, keys)) in
+        async_runs.into_iter().enumerate()
+    {
+        let per_producer = if transaction_per_record { 100 } else { 2_000 } * scale;
+        let result = throughput_async(
+            &dir.join(format!("throughput-async-{index}")),
+            OpenOptions {
+                durability,
+                transaction_per_record,
+            },
+            PRODUCERS,
+            per_producer,
+            ASYNC_WORKER_THREADS,
+            keys,
+        )?;
+        println!(
+            "synchronous={label}, {PRODUCERS} tokio tasks on {ASYNC_WORKER_THREADS} threads: {:>9.0} acknowledged records/s ({} records in {:.2?})",
+            result.per_second(),
+            result.records,
+            result.elapsed
+        );
+    }
     for (index, (label, durability, transaction_per_record, per_producer, per_call, keys)) in
         runs.into_iter().enumerate()
     {
@@ -416,7 +519,7 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
             keys,
         )?;
         println!(
-            "synchronous={label}, {PRODUCERS} producers: {:>9.0} acknowledged records/s ({} records in {:.2?})",
+            "synchronous={label}, {PRODUCERS} producer threads: {:>9.0} acknowledged records/s ({} records in {:.2?})",
             result.per_second(),
             result.records,
             result.elapsed

@@ -141,6 +141,22 @@ pub enum Error {
     /// The writer thread is gone (the ledger is shutting down or crashed).
     #[error("ledger writer stopped")]
     WriterStopped,
+    /// A write through a handle from [`SqliteLedger::open_read_only`](crate::SqliteLedger).
+    #[error(
+        "this ledger handle is read-only; writing needs the process that holds the data directory"
+    )]
+    ReadOnly,
+    /// A read-only open found a database that needs migrating first (only the writer migrates).
+    #[error(
+        "database schema version {found} is older than this build's ({supported}); open it once \
+         with the writer (e.g. `tally serve`) to migrate it"
+    )]
+    SchemaTooOld {
+        /// Version stored in the database.
+        found: i64,
+        /// Version this build expects.
+        supported: i64,
+    },
 }
 
 /// Shorthand for results in this crate.

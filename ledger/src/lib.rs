@@ -105,6 +105,10 @@ const _: () = assert!(TRAP_MESSAGE_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(API_KEY_PREFIX_CHARS < API_KEY_TAG.len() + 2 * API_KEY_RANDOM_BYTES);
 const _: () = assert!(API_KEY_TAG.len() + 2 * API_KEY_RANDOM_BYTES <= API_KEY_BYTES_MAX);
 
+/// The future returned by [`Ledger::append_async`].
+pub type AppendFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended>> + Send + 'static>>;
+
 /// Everything the rest of tally asks of storage. Methods are synchronous and may block (the API
 /// calls them through `spawn_blocking`); implementations are shared as `Arc<dyn Ledger>`.
 ///
@@ -197,6 +201,12 @@ pub trait Ledger: Send + Sync {
     /// the existing record if the content is identical, [`Error::ExistsWithDifferentFields`]
     /// otherwise.
     fn append(&self, record: NewUsageRecord) -> Result<Appended>;
+    /// [`Ledger::append`] for async callers: the record is queued for the writer before this
+    /// returns, and the future resolves once it is committed, without holding a thread meanwhile
+    /// (the writer wakes the task). Dropping the future does not withdraw the record. When the
+    /// writer's queue is full ([`WRITER_QUEUE_COMMANDS_MAX`]) the call blocks until the writer
+    /// takes it (back-pressure, bounded by one group commit).
+    fn append_async(&self, record: NewUsageRecord) -> AppendFuture;
     /// Appends up to [`BATCH_RECORDS_MAX`] records in one round trip; one result per record.
     fn append_batch(&self, records: Vec<NewUsageRecord>) -> Result<Vec<Result<Appended>>>;
     /// A usage record by sequence number.

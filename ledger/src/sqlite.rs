@@ -13,9 +13,9 @@ use crate::schema;
 use crate::types::*;
 use crate::writer::{Writer, WriterState};
 use crate::{
-    API_KEY_PREFIX_CHARS, API_KEY_RANDOM_BYTES, BATCH_RECORDS_MAX, DAILY_SUMMARY_DAYS_MAX, DAY_MS,
-    FUNCTION_NAME_BYTES_MAX, JSON_BYTES_MAX, Ledger, NAME_BYTES_MAX, PAGE_RECORDS_MAX,
-    READER_CONNECTIONS_IDLE_MAX, VERIFY_PAGE_RECORDS,
+    API_KEY_PREFIX_CHARS, API_KEY_RANDOM_BYTES, AppendFuture, BATCH_RECORDS_MAX,
+    DAILY_SUMMARY_DAYS_MAX, DAY_MS, FUNCTION_NAME_BYTES_MAX, JSON_BYTES_MAX, Ledger,
+    NAME_BYTES_MAX, PAGE_RECORDS_MAX, READER_CONNECTIONS_IDLE_MAX, VERIFY_PAGE_RECORDS,
 };
 
 /// File name of the database inside the data directory.
@@ -49,7 +49,8 @@ pub struct OpenOptions {
 /// The SQLite ledger: one writer thread with group commit, a pool of read connections (WAL lets
 /// readers run beside the writer).
 pub struct SqliteLedger {
-    writer: Writer,
+    /// `None` for a read-only handle ([`SqliteLedger::open_read_only`]).
+    writer: Option<Writer>,
     /// `None` for in-memory ledgers: reads then run on the writer thread.
     readers: Option<Readers>,
     _lock: Option<File>,
@@ -57,6 +58,8 @@ pub struct SqliteLedger {
 
 struct Readers {
     path: PathBuf,
+    /// Open read connections with `SQLITE_OPEN_READ_ONLY` (no process lock is held).
+    read_only: bool,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -133,13 +136,64 @@ impl SqliteLedger {
         };
         let writer = Writer::spawn(WriterState::new(conn)?, batch_records_max)?;
         Ok(SqliteLedger {
-            writer,
+            writer: Some(writer),
             readers: Some(Readers {
                 path,
+                read_only: false,
                 idle: Mutex::new(Vec::new()),
             }),
             _lock: Some(lock),
         })
+    }
+
+    /// Opens `dir/ledger.sqlite3` for reading only, beside a process that holds the directory
+    /// (`tally serve`): no lock is taken, nothing is created or migrated, and every connection
+    /// is `SQLITE_OPEN_READ_ONLY`. WAL lets these readers see each committed state while the
+    /// writer keeps appending; each call reads one consistent snapshot. Writes fail with
+    /// [`Error::ReadOnly`].
+    pub fn open_read_only(dir: &Path) -> Result<SqliteLedger> {
+        let path = dir.join(DATABASE_FILE);
+        if !path.is_file() {
+            return Err(Error::Io {
+                what: format!("opening {} read-only", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no ledger database there",
+                ),
+            });
+        }
+        let conn = open_reader(&path, true)?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if found > schema::SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        if found < schema::SCHEMA_VERSION {
+            return Err(Error::SchemaTooOld {
+                found,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        Ok(SqliteLedger {
+            writer: None,
+            readers: Some(Readers {
+                path,
+                read_only: true,
+                idle: Mutex::new(vec![conn]),
+            }),
+            _lock: None,
+        })
+    }
+
+    /// `true` for a handle from [`SqliteLedger::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.writer.is_none()
+    }
+
+    fn writer(&self) -> Result<&Writer> {
+        self.writer.as_ref().ok_or(Error::ReadOnly)
     }
 
     /// An in-memory ledger (for tests): one connection, reads run on the writer thread.
@@ -149,7 +203,7 @@ impl SqliteLedger {
         schema::migrate(&mut conn)?;
         let writer = Writer::spawn(WriterState::new(conn)?, BATCH_RECORDS_MAX)?;
         Ok(SqliteLedger {
-            writer,
+            writer: Some(writer),
             readers: None,
             _lock: None,
         })
@@ -161,21 +215,12 @@ impl SqliteLedger {
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let Some(readers) = &self.readers else {
-            return self.writer.run(move |state| in_read_tx(&state.conn, f));
+            return self.writer()?.run(move |state| in_read_tx(&state.conn, f));
         };
         let conn = readers.idle.lock().expect("reader pool poisoned").pop();
         let conn = match conn {
             Some(conn) => conn,
-            None => {
-                let conn = Connection::open_with_flags(
-                    &readers.path,
-                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                configure(&conn)?;
-                conn.pragma_update(None, "query_only", true)?;
-                conn.pragma_update(None, "mmap_size", 1_i64 << 30)?;
-                conn
-            }
+            None => open_reader(&readers.path, readers.read_only)?,
         };
         let result = in_read_tx(&conn, f);
         let mut idle = readers.idle.lock().expect("reader pool poisoned");
@@ -190,7 +235,7 @@ impl SqliteLedger {
         &self,
         f: impl FnOnce(&mut WriterState) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.run(move |state| {
+        self.writer()?.run(move |state| {
             state.conn.execute_batch("BEGIN IMMEDIATE")?;
             match f(state) {
                 Ok(value) => match state.conn.execute_batch("COMMIT") {
@@ -207,6 +252,23 @@ impl SqliteLedger {
             }
         })
     }
+}
+
+/// Most bytes of the database a read connection maps into memory.
+const READER_MMAP_BYTES_MAX: i64 = 1 << 30;
+
+/// A read connection; with `read_only` the file is opened `SQLITE_OPEN_READ_ONLY`.
+fn open_reader(path: &Path, read_only: bool) -> Result<Connection> {
+    let access = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    };
+    let conn = Connection::open_with_flags(path, access | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    configure(&conn)?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES_MAX)?;
+    Ok(conn)
 }
 
 fn in_read_tx<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -1151,9 +1213,14 @@ impl Ledger for SqliteLedger {
     }
 
     fn append(&self, record: NewUsageRecord) -> Result<Appended> {
-        let mut results = self.writer.append(vec![record])?;
-        assert_eq!(results.len(), 1);
-        results.pop().expect("one result")
+        self.writer()?.append_one(record).wait()
+    }
+
+    fn append_async(&self, record: NewUsageRecord) -> AppendFuture {
+        match self.writer() {
+            Ok(writer) => Box::pin(writer.append_one(record)),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
     }
 
     fn append_batch(&self, records: Vec<NewUsageRecord>) -> Result<Vec<Result<Appended>>> {
@@ -1169,7 +1236,7 @@ impl Ledger for SqliteLedger {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        self.writer.append(records)
+        self.writer()?.append(records)
     }
 
     fn get_usage(&self, seq: u64) -> Result<Option<UsageRecord>> {

@@ -8,3 +8,4 @@ mod invoices;
 mod migrations;
 mod pagination;
 mod properties;
+mod read_only;
