@@ -58,8 +58,11 @@ pub(crate) struct ModuleTypes {
 /// What the analysis found in a module.
 #[derive(Default)]
 pub(crate) struct Analysis {
-    /// Original offsets of memory accesses that need a store of the count right before them.
+    /// Original offsets of instructions that need a fence right before them.
     pub fences: HashSet<u32>,
+    /// Original offsets of instructions that need a fence right after them (the last
+    /// instruction of a block that leaves a computed value).
+    pub fences_after: HashSet<u32>,
     /// (consumer offset, load offset): an out-of-bounds trap reported at the consumer is the
     /// load's.
     pub merged: Vec<(u32, u32)>,
@@ -73,6 +76,8 @@ pub(crate) struct Body<'a> {
     locals: HashMap<u32, Source>,
     /// Incremented after everything that ends Cranelift's merge window.
     window: u32,
+    /// The offset of the previous operator.
+    previous: Option<u32>,
     unreachable_depth: Option<usize>,
 }
 
@@ -174,6 +179,7 @@ impl<'a> Body<'a> {
             }],
             locals: HashMap::new(),
             window: 0,
+            previous: None,
             unreachable_depth: None,
         }
     }
@@ -222,6 +228,12 @@ impl<'a> Body<'a> {
         op: &Operator<'_>,
         out: &mut Analysis,
     ) -> Result<(), Error> {
+        let result = self.step(offset, op, out);
+        self.previous = Some(offset);
+        result
+    }
+
+    fn step(&mut self, offset: u32, op: &Operator<'_>, out: &mut Analysis) -> Result<(), Error> {
         if let Some(depth) = self.unreachable_depth {
             // Dead code after a branch: only the structure matters.
             match op {
@@ -293,6 +305,7 @@ impl<'a> Body<'a> {
                 return Ok(());
             }
             Operator::Else => {
+                self.fence_carried(out);
                 self.window += 1;
                 let (params, _) =
                     self.block_arity(self.frames.last().map_or(BlockType::Empty, |f| f.ty))?;
@@ -305,6 +318,7 @@ impl<'a> Body<'a> {
                 return Ok(());
             }
             Operator::End => {
+                self.fence_carried(out);
                 self.window += 1;
                 if let Some(frame) = self.frames.pop() {
                     let (_, results) = self.block_arity(frame.ty)?;
@@ -362,6 +376,20 @@ impl<'a> Body<'a> {
         Ok(())
     }
 
+    /// At the end of a block or arm, the values it leaves are arguments of a jump: a
+    /// computation over a load among them is demanded there, so it gets a fence after the last
+    /// instruction (as before any other instruction that ends the window).
+    fn fence_carried(&mut self, out: &mut Analysis) {
+        let height = self.frames.last().map_or(0, |f| f.height);
+        let carried = self.stack.get(height..).unwrap_or(&[]);
+        let computed = carried
+            .iter()
+            .any(|&source| matches!(self.current_load(source), Some((_, false))));
+        if let (true, Some(previous)) = (computed, self.previous) {
+            out.fences_after.insert(previous);
+        }
+    }
+
     /// Records what consuming `operands` at `offset` means; returns the load they carry.
     fn consume(
         &mut self,
@@ -373,26 +401,32 @@ impl<'a> Body<'a> {
         let mut found = None;
         let mut fence = false;
         let (memory, address_first) = accesses_memory(op);
+        let ends = ends_window(op);
         for (index, &source) in operands.iter().enumerate() {
             let Some((load, direct)) = self.current_load(source) else {
                 continue;
             };
             found = Some(load);
             if memory {
-                // The address (first operand) can be a merged load; a stored value can be
-                // merged only as a read-modify-write of a computation over a load.
+                // A loaded or computed address can be folded into the access; so can a stored
+                // value computed from a load (a read-modify-write), but not a loaded value
+                // stored as is.
                 let is_address = !address_first || index == 0;
                 if is_address || !direct {
                     fence = true;
                 }
+            } else if ends && !direct {
+                // A computation over the load that this instruction demands may be one the
+                // optimizer rewrote into a new instruction without a code offset; if that
+                // absorbs the load, its trap has no offset at all.
+                fence = true;
             }
         }
-        if let Some(load) = found {
-            if fence {
-                out.fences.insert(offset);
-            } else if !memory {
-                out.merged.push((offset, load));
-            }
+        if fence {
+            out.fences.insert(offset);
+        }
+        if let (Some(load), false) = (found, memory) {
+            out.merged.push((offset, load));
         }
         found
     }

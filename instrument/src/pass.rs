@@ -1103,6 +1103,9 @@ impl FunctionPass<'_> {
                 }
                 _ => new.push((instr, loc)),
             }
+            if !loc.is_default() && self.weights.analysis.fences_after.contains(&loc.data()) {
+                new.extend(plain(self.fence()));
+            }
         }
         self.func.block_mut(seq).instrs = new;
         Ok(())
