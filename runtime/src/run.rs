@@ -1,7 +1,8 @@
 //! One invocation of a WASI preview 1 command, with limits and a usage report.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -10,8 +11,10 @@ use wasmtime::{
     CallHook, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     ResourceLimiter, Store, Trap,
 };
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::Error;
@@ -25,6 +28,12 @@ pub const OUTPUT_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const WASM_STACK_BYTES_MAX: usize = 1024 * 1024;
 /// How often the epoch ticker advances, which is the granularity of wall-clock deadlines.
 pub const EPOCH_TICK_MS: u64 = 1;
+/// Default bytes of each pooled linear memory kept resident between invocations: the pages a
+/// guest dirtied (found with the kernel's `PAGEMAP_SCAN` where available) are reset with
+/// `memset`/`memcpy` instead of `madvise`, which would cost a TLB shootdown on every core.
+pub const POOLING_KEEP_RESIDENT_BYTES_DEFAULT: usize = 2 * 1024 * 1024;
+/// Largest permit a guest's stdout or stderr offers per write, in bytes.
+const OUTPUT_WRITE_PERMIT_BYTES: usize = 64 * 1024;
 
 /// Engine-wide settings.
 #[derive(Clone, Debug)]
@@ -33,6 +42,8 @@ pub struct RuntimeConfig {
     pub pooling_instances: u32,
     /// Memory reserved per pooled instance, in bytes.
     pub pooling_memory_bytes: u64,
+    /// Bytes of each pooled linear memory (and table) kept resident between invocations.
+    pub pooling_keep_resident_bytes: usize,
     /// Where precompiled modules are cached, so a restart does not compile again.
     pub cache_dir: Option<PathBuf>,
 }
@@ -42,6 +53,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             pooling_instances: 0,
             pooling_memory_bytes: MEMORY_BYTES_MAX,
+            pooling_keep_resident_bytes: POOLING_KEEP_RESIDENT_BYTES_DEFAULT,
             cache_dir: None,
         }
     }
@@ -92,7 +104,8 @@ pub struct Invocation {
     pub max_ops: u64,
     /// Linear memory cap in bytes.
     pub max_memory_bytes: u64,
-    /// Cap on stdout plus stderr in bytes.
+    /// Cap on stdout plus stderr together, in bytes. A write beyond it ends the invocation
+    /// with [`Outcome::OutputLimit`].
     pub max_output_bytes: usize,
     /// Wall-clock limit.
     pub deadline: Option<Duration>,
@@ -133,7 +146,8 @@ pub enum Outcome {
     MemoryLimit,
     /// The wall-clock deadline passed.
     Deadline,
-    /// The guest wrote more than the output cap.
+    /// The guest wrote more than the output cap: the write that crossed it stopped the run (the
+    /// output is kept up to the cap).
     OutputLimit,
 }
 
@@ -204,6 +218,17 @@ struct Limiter {
 }
 
 impl Limiter {
+    fn new(max_memory_bytes: u64) -> Limiter {
+        Limiter {
+            max_memory_bytes,
+            memory_bytes: 0,
+            memory_peak_bytes: 0,
+            memory_refused: false,
+            byte_ns: 0,
+            since: Instant::now(),
+        }
+    }
+
     /// Closes the wall-clock memory interval that ends now.
     fn tick(&mut self) {
         let now = Instant::now();
@@ -253,7 +278,10 @@ impl Runtime {
                 .total_memories(config.pooling_instances)
                 .total_tables(config.pooling_instances)
                 .total_core_instances(config.pooling_instances)
-                .max_memory_size(config.pooling_memory_bytes as usize);
+                .max_memory_size(config.pooling_memory_bytes as usize)
+                .linear_memory_keep_resident(config.pooling_keep_resident_bytes)
+                .table_keep_resident(config.pooling_keep_resident_bytes)
+                .pagemap_scan(wasmtime::Enabled::Auto);
             wasmtime_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         }
         let engine = Engine::new(&wasmtime_config).map_err(Error::Engine)?;
@@ -365,10 +393,30 @@ impl Runtime {
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host: &mut Host| &mut host.wasi)
             .map_err(Error::Link)?;
         let pre = linker.instantiate_pre(&module).map_err(Error::Link)?;
+        // Build the copy-on-write memory image now rather than on the first invocation.
+        module
+            .initialize_copy_on_write_image()
+            .map_err(Error::Compile)?;
         Ok(Prepared {
             pre,
             meter_map: Arc::new(meter_map),
         })
+    }
+
+    /// Instantiates a function once without running `_start` and throws the instance away, so
+    /// that the first invocation finds the code, the memory image and a pooled slot warm (e.g.
+    /// right after a restart). A start function, if the module has one, is stopped by a deadline
+    /// of one epoch tick; nothing it does is kept.
+    pub fn warm(&self, prepared: &Prepared) {
+        let host = Host {
+            wasi: WasiCtxBuilder::new().build_p1(),
+            limiter: Limiter::new(MEMORY_BYTES_MAX),
+            host_calls: 0,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        store.set_epoch_deadline(1);
+        let _ = prepared.pre.instantiate(&mut store);
     }
 
     /// Runs `_start` once in a fresh store.
@@ -385,9 +433,13 @@ impl Runtime {
                 invocation.max_memory_bytes
             )));
         }
-        let output_cap = invocation.max_output_bytes.min(OUTPUT_BYTES_MAX);
-        let stdout = MemoryOutputPipe::new(output_cap);
-        let stderr = MemoryOutputPipe::new(output_cap);
+        let output = Arc::new(OutputBudget {
+            cap_bytes: invocation.max_output_bytes.min(OUTPUT_BYTES_MAX),
+            written_bytes: AtomicUsize::new(0),
+            exceeded: AtomicBool::new(false),
+        });
+        let stdout = CappedOutput::new(&output);
+        let stderr = CappedOutput::new(&output);
         let io_in_bytes = invocation.stdin.len() as u64;
         let wasi = WasiCtxBuilder::new()
             .args(&invocation.args)
@@ -398,14 +450,7 @@ impl Runtime {
             .build_p1();
         let host = Host {
             wasi,
-            limiter: Limiter {
-                max_memory_bytes: invocation.max_memory_bytes,
-                memory_bytes: 0,
-                memory_peak_bytes: 0,
-                memory_refused: false,
-                byte_ns: 0,
-                since: Instant::now(),
-            },
+            limiter: Limiter::new(invocation.max_memory_bytes),
             host_calls: 0,
         };
         let mut store = Store::new(&self.engine, host);
@@ -453,8 +498,6 @@ impl Runtime {
             None => 0,
         };
         store.data_mut().limiter.tick();
-        let out = stdout.contents().to_vec();
-        let err = stderr.contents().to_vec();
         let host = store.data();
         let outcome = match result {
             Ok(()) => Outcome::Exit { code: 0 },
@@ -462,17 +505,24 @@ impl Runtime {
             Err(error) => classify(
                 &error,
                 host.limiter.memory_refused,
-                out.len().max(err.len()) >= output_cap,
+                output.exceeded.load(Ordering::Relaxed),
             ),
         };
+        let host_calls = host.host_calls;
+        let (memory_peak_bytes, memory_byte_ns) =
+            (host.limiter.memory_peak_bytes, host.limiter.byte_ns);
+        // The store holds the WASI context and with it the other handles on the buffers.
+        drop(store);
+        let out = stdout.into_bytes();
+        let err = stderr.into_bytes();
         let usage = UsageReport {
             ops: reading.ops,
-            memory_peak_bytes: host.limiter.memory_peak_bytes,
+            memory_peak_bytes,
             memory_ops_integral,
-            memory_byte_ns: host.limiter.byte_ns,
+            memory_byte_ns,
             io_in_bytes,
             io_out_bytes: (out.len() + err.len()) as u64,
-            host_calls: host.host_calls,
+            host_calls,
             wall_ns,
             outcome,
         };
@@ -484,9 +534,12 @@ impl Runtime {
     }
 }
 
-fn classify(error: &wasmtime::Error, memory_refused: bool, output_full: bool) -> Outcome {
+fn classify(error: &wasmtime::Error, memory_refused: bool, output_exceeded: bool) -> Outcome {
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return Outcome::Exit { code: exit.0 };
+    }
+    if error.downcast_ref::<OutputLimitExceeded>().is_some() {
+        return Outcome::OutputLimit;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Outcome::Deadline,
@@ -494,9 +547,259 @@ fn classify(error: &wasmtime::Error, memory_refused: bool, output_full: bool) ->
         Some(trap) => Outcome::Trap {
             trap: format!("{trap:?}"),
         },
-        None if output_full => Outcome::OutputLimit,
+        None if output_exceeded => Outcome::OutputLimit,
         None => Outcome::Trap {
             trap: format!("{error:#}"),
         },
+    }
+}
+
+/// The output cap shared by an invocation's stdout and stderr.
+struct OutputBudget {
+    cap_bytes: usize,
+    written_bytes: AtomicUsize,
+    exceeded: AtomicBool,
+}
+
+/// The host error that ends an invocation whose output went over its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("output limit of {cap_bytes} bytes exceeded")]
+struct OutputLimitExceeded {
+    cap_bytes: usize,
+}
+
+/// A guest's stdout or stderr: kept in memory up to the shared cap. The write that would cross
+/// the cap keeps what fits and traps, so a guest that ignores write errors cannot keep running
+/// (and burning its budget) after its output was cut.
+#[derive(Clone)]
+struct CappedOutput {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    budget: Arc<OutputBudget>,
+}
+
+impl CappedOutput {
+    fn new(budget: &Arc<OutputBudget>) -> CappedOutput {
+        CappedOutput {
+            buffer: Arc::new(Mutex::new(Vec::new())),
+            budget: budget.clone(),
+        }
+    }
+
+    /// Appends what fits under the cap; `false` if some bytes did not fit.
+    fn append(&self, bytes: &[u8]) -> bool {
+        let budget = &self.budget;
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let written = budget.written_bytes.load(Ordering::Relaxed);
+        let fits = bytes.len().min(budget.cap_bytes.saturating_sub(written));
+        buffer.extend_from_slice(&bytes[..fits]);
+        budget.written_bytes.fetch_add(fits, Ordering::Relaxed);
+        if fits < bytes.len() {
+            budget.exceeded.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        match Arc::try_unwrap(self.buffer) {
+            Ok(mutex) => mutex.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Err(shared) => shared.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    fn exceeded(&self) -> StreamError {
+        StreamError::Trap(
+            OutputLimitExceeded {
+                cap_bytes: self.budget.cap_bytes,
+            }
+            .into(),
+        )
+    }
+}
+
+impl IsTerminal for CappedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CappedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CappedOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        if self.append(&bytes) {
+            Ok(())
+        } else {
+            Err(self.exceeded())
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        if self.budget.exceeded.load(Ordering::Relaxed) {
+            return Err(self.exceeded());
+        }
+        // Offer more than what is left, so that the write which crosses the cap happens (and
+        // traps) instead of the guest seeing a closed stream it might ignore.
+        Ok(OUTPUT_WRITE_PERMIT_BYTES)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(if self.append(buf) {
+            Ok(buf.len())
+        } else {
+            Err(std::io::Error::other(OutputLimitExceeded {
+                cap_bytes: self.budget.cap_bytes,
+            }))
+        })
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_instrument::{CostTable, Options, instrument};
+
+    /// A WASI command that writes "0123456789" to `fd` `times` times (forever if 0), ignoring
+    /// every error.
+    fn writer(fd: i32, times: u32) -> Prepared {
+        let wat = format!(
+            r#"(module
+                 (import "wasi_snapshot_preview1" "fd_write"
+                   (func $fd_write (param i32 i32 i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (data (i32.const 16) "0123456789")
+                 (func (export "_start") (local $n i32)
+                   (i32.store (i32.const 0) (i32.const 16))
+                   (i32.store (i32.const 4) (i32.const 10))
+                   (loop $l
+                     (drop (call $fd_write (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))
+                     (local.set $n (i32.add (local.get $n) (i32.const 1)))
+                     (br_if $l (i32.or (i32.eqz (i32.const {times}))
+                                       (i32.lt_u (local.get $n) (i32.const {times})))))))"#
+        );
+        let wasm = wat::parse_str(wat).unwrap();
+        let costs = CostTable::preset("default").unwrap();
+        let instrumented = instrument(&wasm, &costs, &Options::default()).unwrap();
+        RUNTIME.with(|runtime| runtime.prepare(&instrumented).unwrap())
+    }
+
+    thread_local! {
+        static RUNTIME: Runtime = Runtime::new(&RuntimeConfig {
+            pooling_instances: 4,
+            pooling_memory_bytes: 1 << 20,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+    }
+
+    fn run(prepared: &Prepared, max_output_bytes: usize) -> RunOutput {
+        let mut invocation = Invocation::new(vec!["writer".into()]);
+        invocation.max_output_bytes = max_output_bytes;
+        // Large enough that only the output cap can stop a writer that ignores errors.
+        invocation.max_ops = 1_000_000_000;
+        invocation.deadline = Some(Duration::from_secs(60));
+        RUNTIME.with(|runtime| runtime.run(prepared, invocation).unwrap())
+    }
+
+    #[test]
+    fn output_cap_stops_a_guest_that_ignores_write_errors() {
+        let flood = writer(1, 0);
+        let output = run(&flood, 95);
+        assert_eq!(output.usage.outcome, Outcome::OutputLimit);
+        // What fits is kept; the write that crossed the cap ended the run.
+        assert_eq!(output.stdout, b"0123456789".repeat(10)[..95].to_vec());
+        assert_eq!(output.usage.io_out_bytes, 95);
+        assert_eq!(output.usage.host_calls, 10);
+        // The work done is billed, the same on every run.
+        assert!(output.usage.ops > 0);
+        assert!(output.usage.ops < 1_000_000);
+        assert_eq!(run(&flood, 95).usage.ops, output.usage.ops);
+    }
+
+    #[test]
+    fn output_cap_counts_stdout_and_stderr_together() {
+        let output = run(&writer(2, 0), 35);
+        assert_eq!(output.usage.outcome, Outcome::OutputLimit);
+        assert_eq!(output.stderr.len(), 35);
+        assert!(output.stdout.is_empty());
+
+        // stdout and stderr share one cap.
+        let both = wat::parse_str(
+            r#"(module
+                 (import "wasi_snapshot_preview1" "fd_write"
+                   (func $fd_write (param i32 i32 i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (data (i32.const 16) "0123456789")
+                 (func (export "_start")
+                   (i32.store (i32.const 0) (i32.const 16))
+                   (i32.store (i32.const 4) (i32.const 10))
+                   (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+                   (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        )
+        .unwrap();
+        let costs = CostTable::preset("default").unwrap();
+        let prepared = RUNTIME.with(|runtime| {
+            runtime
+                .prepare(&instrument(&both, &costs, &Options::default()).unwrap())
+                .unwrap()
+        });
+        let output = run(&prepared, 15);
+        assert_eq!(output.usage.outcome, Outcome::OutputLimit);
+        assert_eq!((output.stdout.len(), output.stderr.len()), (10, 5));
+        let output = run(&prepared, 20);
+        assert_eq!(output.usage.outcome, Outcome::Exit { code: 0 });
+        assert_eq!(output.usage.io_out_bytes, 20);
+    }
+
+    #[test]
+    fn output_exactly_at_the_cap_is_not_a_limit() {
+        let output = run(&writer(1, 3), 30);
+        assert_eq!(output.usage.outcome, Outcome::Exit { code: 0 });
+        assert_eq!(output.stdout.len(), 30);
+    }
+
+    #[test]
+    fn warm_instantiates_without_running() {
+        let prepared = writer(1, 0);
+        RUNTIME.with(|runtime| runtime.warm(&prepared));
+        // The flood did not run; a real invocation still behaves.
+        assert_eq!(run(&prepared, 10).usage.outcome, Outcome::OutputLimit);
     }
 }
