@@ -27,9 +27,12 @@
 //!   huge out-of-bounds length never drains the budget. Inside the module the count is kept
 //!   *prepaid*: at any point the global holds the executed count plus a static amount that only
 //!   depends on the position (the cost of the straight-line path still ahead). At a trap, the
-//!   runtime subtracts [`MeterMap::correction_at`] for the trapping instruction's code offset
+//!   runtime subtracts [`MeterMap::trap_correction`] for the trapping instruction's code offset
 //!   (the top wasm frame of wasmtime's backtrace). Calls never carry a prepaid amount, so only
-//!   the top frame matters.
+//!   the top frame matters. Cranelift may fold a load into the instruction that consumes it and
+//!   report the load's trap there: the meter map then carries the load's correction under the
+//!   consumer's offset for out-of-bounds traps, and where an offset cannot tell the two apart
+//!   the pass places a fence (a store) that keeps the load from being folded.
 //! * **Budget.** `__tally_budget` (i64, exported, mutable) holds the limit. The module checks
 //!   it where a cycle can close: at the start of every loop that is branched back to, and at
 //!   the entry of every function that makes calls. If the executed count at a check is above
