@@ -45,16 +45,21 @@
 #![deny(missing_docs)]
 
 mod chain;
+mod checkpoint;
 mod error;
 mod invoice;
 mod schema;
 mod sqlite;
 mod types;
+mod wal_vfs;
 mod writer;
 
 pub mod bench_support;
 
 pub use chain::{ChainFields, GENESIS_HASH, RECORD_DOMAIN_TAG, encode as encode_record};
+pub use checkpoint::{
+    CHECKPOINT_INTERVAL_MS, CheckpointStats, WAL_FILE_BYTES_LIMIT, WAL_RESTART_FRAMES,
+};
 pub use error::{Error, Result};
 pub use invoice::{
     CSV_COLUMNS, Invoice, InvoiceStatus, LateUsage, NANOS_PER_SECOND, export_csv, export_json,

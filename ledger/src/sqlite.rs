@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::chain::{self, ChainFields, GENESIS_HASH};
+use crate::checkpoint::{CheckpointStats, Checkpointer, WAL_FILE_BYTES_LIMIT};
 use crate::error::{Error, Result, invalid, not_found};
 use crate::invoice::Invoice;
 use crate::schema;
@@ -49,6 +50,9 @@ pub struct OpenOptions {
 /// The SQLite ledger: one writer thread with group commit, a pool of read connections (WAL lets
 /// readers run beside the writer).
 pub struct SqliteLedger {
+    /// Declared before `writer` so that it stops first (then the writer's connection is the
+    /// last one and SQLite checkpoints and removes the WAL when it closes).
+    checkpointer: Option<Checkpointer>,
     /// `None` for a read-only handle ([`SqliteLedger::open_read_only`]).
     writer: Option<Writer>,
     /// `None` for in-memory ledgers: reads then run on the writer thread.
@@ -115,7 +119,18 @@ impl SqliteLedger {
             }
         }
         let path = dir.join(DATABASE_FILE);
-        let mut conn = Connection::open(&path)?;
+        // The writer's connection writes the WAL through `wal_vfs` (one write per commit).
+        crate::wal_vfs::register().map_err(|code| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                Some("registering the ledger's WAL VFS".into()),
+            )
+        })?;
+        let mut conn = Connection::open_with_flags_and_vfs(
+            &path,
+            OpenFlags::default(),
+            crate::wal_vfs::VFS_NAME,
+        )?;
         configure(&conn)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -129,13 +144,18 @@ impl SqliteLedger {
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
         schema::migrate(&mut conn)?;
+        // Checkpoints run on their own thread (`checkpoint.rs`), not inside the writer's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_FILE_BYTES_LIMIT)?;
         let batch_records_max = if options.transaction_per_record {
             1
         } else {
             BATCH_RECORDS_MAX
         };
         let writer = Writer::spawn(WriterState::new(conn)?, batch_records_max)?;
+        let checkpointer = Checkpointer::spawn(&path, writer.handle())?;
         Ok(SqliteLedger {
+            checkpointer: Some(checkpointer),
             writer: Some(writer),
             readers: Some(Readers {
                 path,
@@ -177,6 +197,7 @@ impl SqliteLedger {
             });
         }
         Ok(SqliteLedger {
+            checkpointer: None,
             writer: None,
             readers: Some(Readers {
                 path,
@@ -185,6 +206,12 @@ impl SqliteLedger {
             }),
             _lock: None,
         })
+    }
+
+    /// Counters of the background WAL checkpointer (`None` for read-only and in-memory
+    /// ledgers, which have none).
+    pub fn checkpoint_stats(&self) -> Option<&CheckpointStats> {
+        self.checkpointer.as_ref().map(Checkpointer::stats)
     }
 
     /// `true` for a handle from [`SqliteLedger::open_read_only`].
@@ -203,6 +230,7 @@ impl SqliteLedger {
         schema::migrate(&mut conn)?;
         let writer = Writer::spawn(WriterState::new(conn)?, BATCH_RECORDS_MAX)?;
         Ok(SqliteLedger {
+            checkpointer: None,
             writer: Some(writer),
             readers: None,
             _lock: None,

@@ -728,12 +728,42 @@ impl Writer {
         &self,
         f: impl FnOnce(&mut WriterState) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (done, ticket) = slot();
-        self.queue.push(Command::Job(Box::new(move |state| {
-            done.complete(f(state));
-        })))?;
-        ticket.wait()
+        run_on(&self.queue, f)
     }
+
+    /// A handle that can run jobs on the writer thread from another thread (the checkpointer).
+    /// Jobs sent after the writer stopped fail with [`Error::WriterStopped`].
+    pub fn handle(&self) -> WriterHandle {
+        WriterHandle {
+            queue: Arc::clone(&self.queue),
+        }
+    }
+}
+
+/// See [`Writer::handle`].
+pub(crate) struct WriterHandle {
+    queue: Arc<Queue>,
+}
+
+impl WriterHandle {
+    /// Like [`Writer::run`].
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriterState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        run_on(&self.queue, f)
+    }
+}
+
+fn run_on<T: Send + 'static>(
+    queue: &Queue,
+    f: impl FnOnce(&mut WriterState) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (done, ticket) = slot();
+    queue.push(Command::Job(Box::new(move |state| {
+        done.complete(f(state));
+    })))?;
+    ticket.wait()
 }
 
 impl Drop for Writer {

@@ -9,3 +9,4 @@ mod migrations;
 mod pagination;
 mod properties;
 mod read_only;
+mod wal;
