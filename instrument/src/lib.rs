@@ -92,6 +92,8 @@ pub const MEMORY_PAGES_GLOBAL: &str = "__tally_memory_pages";
 pub const MEMORY_MARK_GLOBAL: &str = "__tally_memory_mark";
 /// The exported global with pages × ops accumulated up to the last `memory.grow`.
 pub const MEMORY_INTEGRAL_GLOBAL: &str = "__tally_memory_integral";
+/// The export a deferred start function gets (see [`Options::defer_start`]).
+pub const START_EXPORT: &str = "__tally_start";
 /// The custom section that names the cost table the module was instrumented with.
 pub const META_SECTION: &str = "tally.meter";
 
@@ -103,12 +105,19 @@ const _: () = assert!((MODULE_BYTES_MAX as u64) * (WEIGHT_MAX as u64) < OPS_MAX)
 pub struct Options {
     /// The value `__tally_budget` has at instantiation, which bounds a start function.
     pub initial_budget: u64,
+    /// Move the module's start function (if any) out of the start section and export it as
+    /// [`START_EXPORT`], for a runtime that calls it right after instantiation. A start
+    /// function that runs inside instantiation and traps leaves no instance to read the count
+    /// from; called as an export, its work is metered like any other call (with the
+    /// invocation's budget) and billed even when it traps.
+    pub defer_start: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             initial_budget: OPS_MAX,
+            defer_start: false,
         }
     }
 }

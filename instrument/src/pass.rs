@@ -80,6 +80,11 @@ fn instrument_on_this_thread(
         )));
     }
 
+    if options.defer_start
+        && let Some(start) = module.start.take()
+    {
+        module.exports.add(crate::START_EXPORT, start);
+    }
     let ops = module
         .globals
         .add_local(ValType::I64, true, false, ConstExpr::Value(Value::I64(0)));

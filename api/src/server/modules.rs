@@ -155,6 +155,7 @@ pub async fn upload_module(
         let started = Instant::now();
         let options = Options {
             initial_budget: state.inner.limits.ops_max,
+            ..Options::default()
         };
         let instrumented = tally_instrument::instrument(&wasm, &state.inner.costs, &options)
             .map_err(|e| ApiError::InvalidModule(e.to_string()))?;

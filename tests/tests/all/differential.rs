@@ -62,6 +62,7 @@ pub fn check_module(wasm: &[u8], costs: &CostTable, budget: u64) -> Result<Repor
     let mut report = Report::default();
     let options = Options {
         initial_budget: budget,
+        ..Options::default()
     };
     let instrumented = tally_instrument::instrument(wasm, costs, &options)
         .map_err(|e| format!("instrument: {e}"))?;

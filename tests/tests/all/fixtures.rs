@@ -187,6 +187,7 @@ fn run_case(wasm: &[u8], case: &Case, where_: &str, failures: &mut Vec<String>) 
     let costs = cost_table(&case.costs);
     let options = Options {
         initial_budget: case.budget,
+        ..Options::default()
     };
 
     // The naive oracle.
@@ -344,6 +345,7 @@ fn default_preset_agrees_on_fixtures() {
             let expected = naive.call(&case.invoke, &args, None);
             let options = Options {
                 initial_budget: case.budget,
+                ..Options::default()
             };
             let out = tally_instrument::instrument(&wasm, &costs, &options).unwrap();
             let mut optimized = Runner::new(
