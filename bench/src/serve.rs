@@ -199,7 +199,13 @@ impl Server {
         let started = Instant::now();
         let log = std::fs::File::create(data.with_extension("log"))?;
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-token",
+                ADMIN_TOKEN,
+            ])
             .arg("--data")
             .arg(data)
             .stdin(Stdio::null())
@@ -518,7 +524,10 @@ fn tally_binary(args: &Args) -> anyhow::Result<PathBuf> {
     if !args.no_build
         && let Some(cargo) = std::env::var_os("CARGO")
     {
-        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("release");
         let mut build = Command::new(cargo);
         build.args(["build", "-q", "-p", "tally-api", "--bin", "tally"]);
         if profile == "release" {
@@ -557,7 +566,10 @@ fn load_row(what: &str, load: &Load) {
 fn median_max(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    (ms(samples[samples.len() / 2]), ms(samples[samples.len() - 1]))
+    (
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() - 1]),
+    )
 }
 
 /// The HTTP benchmark.
@@ -607,25 +619,18 @@ fn http_in(args: &Args, bin: &Path, wasm: &[u8], data: &Path) -> anyhow::Result<
     load_row("POST invoke, concurrency 1", &c1);
     let h1 = client.block_on(closed_loop(addr, healthz.clone(), 1, window))?;
     load_row("  reference: GET /healthz, concurrency 1", &h1);
-    let cn = client.block_on(closed_loop(
-        addr,
-        invoke.clone(),
-        args.concurrency,
-        window,
-    ))?;
+    let cn = client.block_on(closed_loop(addr, invoke.clone(), args.concurrency, window))?;
     ok_invocations += cn.ok_total;
     load_row(
         &format!("POST invoke, concurrency {}", args.concurrency),
         &cn,
     );
-    let hn = client.block_on(closed_loop(
-        addr,
-        healthz.clone(),
-        args.concurrency,
-        window,
-    ))?;
+    let hn = client.block_on(closed_loop(addr, healthz.clone(), args.concurrency, window))?;
     load_row(
-        &format!("  reference: GET /healthz, concurrency {}", args.concurrency),
+        &format!(
+            "  reference: GET /healthz, concurrency {}",
+            args.concurrency
+        ),
         &hn,
     );
     server.stop()?;
@@ -647,7 +652,10 @@ fn http_in(args: &Args, bin: &Path, wasm: &[u8], data: &Path) -> anyhow::Result<
     let (ready_ms, ready_max_ms) = median_max(ready);
     println!(
         "{:<58} {:>9} {:>9}",
-        format!("after a restart (new connection each; {} restarts)", args.restarts),
+        format!(
+            "after a restart (new connection each; {} restarts)",
+            args.restarts
+        ),
         "median ms",
         "max ms"
     );

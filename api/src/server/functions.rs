@@ -98,28 +98,45 @@ impl AppState {
         })
     }
 
+    /// The function if it is cached in memory (no I/O: callable on the async executor).
+    fn cached_function(&self, tenant: TenantId, name: &str) -> Option<Arc<FunctionEntry>> {
+        lock(&self.inner.functions)
+            .get(&(tenant, name.to_owned()))
+            .cloned()
+    }
+
     /// The function ready to run, cached in memory (blocking).
     fn function_entry_blocking(
         &self,
         tenant: TenantId,
         name: &str,
     ) -> Result<Arc<FunctionEntry>, ApiError> {
-        let key = (tenant, name.to_owned());
-        if let Some(entry) = lock(&self.inner.functions).get(&key) {
-            return Ok(entry.clone());
+        if let Some(entry) = self.cached_function(tenant, name) {
+            return Ok(entry);
         }
-        let ledger = &self.inner.ledger;
-        let function = ledger
+        let function = self
+            .inner
+            .ledger
             .find_function(tenant, name)?
             .ok_or_else(|| ApiError::UnknownFunction(format!("function {name:?} not found")))?;
-        let module = ledger.get_module(function.module)?;
+        self.load_function_blocking(&function)
+    }
+
+    /// Builds a function's entry (its module compiled or loaded from the on-disk cache) and
+    /// caches it (blocking).
+    pub(crate) fn load_function_blocking(
+        &self,
+        function: &tally_ledger::Function,
+    ) -> Result<Arc<FunctionEntry>, ApiError> {
+        let module = self.inner.ledger.get_module(function.module)?;
         let prepared = self.prepared_blocking(&module)?;
         let entry = Arc::new(FunctionEntry {
             id: function.id,
             module: module.id,
-            config: function_config(&function)?,
+            config: function_config(function)?,
             prepared,
         });
+        let key = (function.tenant, function.name.clone());
         lock(&self.inner.functions).insert(key, entry.clone());
         Ok(entry)
     }
@@ -354,6 +371,23 @@ fn replay(
     Ok(response)
 }
 
+/// Appends an invocation's usage record and waits until it is committed (the writer thread
+/// wakes this task: no thread is held meanwhile). `Err(seq)`: a record with the same
+/// idempotency key exists (an earlier or concurrent request was billed).
+async fn append(
+    state: &AppState,
+    record: NewUsageRecord,
+) -> Result<Result<UsageRecord, u64>, ApiError> {
+    match state.inner.ledger.append_async(record).await {
+        Ok(appended) if appended.created => Ok(Ok(appended.record)),
+        Ok(appended) => Ok(Err(appended.record.seq)),
+        Err(tally_ledger::Error::ExistsWithDifferentFields { existing_seq, .. }) => {
+            Ok(Err(existing_seq))
+        }
+        Err(e) => Err(ApiError::from(e)),
+    }
+}
+
 fn stderr_tail(stderr: &[u8]) -> String {
     let start = stderr.len().saturating_sub(STDERR_TAIL_BYTES_MAX);
     String::from_utf8_lossy(&stderr[start..]).into_owned()
@@ -378,29 +412,37 @@ pub async fn invoke(
 ) -> Result<Response, ApiError> {
     let tenant = auth.tenant.id;
     let client_key = idempotency_key(&headers)?;
-    let state2 = state.clone();
-    let name2 = name.clone();
-    let key2 = client_key.clone();
-    let (function, early) = blocking(move || {
-        let function = state2.function_entry_blocking(tenant, &name2)?;
-        if let Some(key) = &key2
-            && let Some(reply) = state2.inner.store.reply(tenant, key)?
-        {
-            let response = replay(&state2, tenant, &function, &name2, key, reply.usage_id)?;
-            return Ok((function, Some(response)));
+    // The common case (function cached, no idempotency key) does no I/O before the run.
+    let function = match state.cached_function(tenant, &name) {
+        Some(function) => function,
+        None => {
+            let state = state.clone();
+            let name = name.clone();
+            blocking(move || state.function_entry_blocking(tenant, &name)).await?
         }
-        Ok((function, None))
-    })
-    .await?;
-    if let Some(response) = early {
-        return Ok(response);
+    };
+    if let Some(key) = &client_key {
+        let state2 = state.clone();
+        let name2 = name.clone();
+        let key2 = key.clone();
+        let function2 = function.clone();
+        let early = blocking(move || match state2.inner.store.reply(tenant, &key2)? {
+            Some(reply) => {
+                replay(&state2, tenant, &function2, &name2, &key2, reply.usage_id).map(Some)
+            }
+            None => Ok(None),
+        })
+        .await?;
+        if let Some(response) = early {
+            return Ok(response);
+        }
     }
     let key = match &client_key {
         Some(key) => key.clone(),
         None => generated_key()?,
     };
 
-    let _permit = state
+    let permit = state
         .inner
         .invoke_slots
         .acquire()
@@ -433,6 +475,9 @@ pub async fn invoke(
             .map_err(|e| ApiError::Internal(format!("running the function: {e}")))
     })
     .await?;
+    // The instance (and its pooled slot) is gone: the next invocation may run while this one's
+    // record is committed.
+    drop(permit);
     let finished_ms = state.now_ms().max(started_ms);
     let usage = &output.usage;
     let record = NewUsageRecord {
@@ -456,16 +501,7 @@ pub async fn invoke(
     };
     let outcome_name = record.outcome.kind.name();
     let ops = usage.ops;
-    let state2 = state.clone();
-    let appended = blocking(move || match state2.inner.ledger.append(record) {
-        Ok(appended) if appended.created => Ok(Ok(appended.record)),
-        Ok(appended) => Ok(Err(appended.record.seq)),
-        Err(tally_ledger::Error::ExistsWithDifferentFields { existing_seq, .. }) => {
-            Ok(Err(existing_seq))
-        }
-        Err(e) => Err(ApiError::from(e)),
-    })
-    .await?;
+    let appended = append(&state, record).await?;
     let record = match appended {
         Ok(record) => record,
         Err(existing_seq) => {

@@ -56,6 +56,9 @@ pub const INVOCATIONS_CONCURRENT_MAX_DEFAULT: usize = 32;
 pub const KEY_CACHE_ENTRIES_MAX: usize = 10_000;
 /// Most guest arguments plus environment variables of a function.
 pub const FUNCTION_ARGS_MAX: usize = 256;
+/// Most functions loaded (and their modules deserialized from the on-disk cache) at start-up;
+/// the others are loaded on their first invocation.
+pub const FUNCTIONS_WARMED_MAX: usize = 10_000;
 
 const _: () = assert!(MODULE_BYTES_MAX_DEFAULT <= tally_instrument::MODULE_BYTES_MAX);
 const _: () = assert!(OPS_PER_INVOCATION_MAX_DEFAULT <= tally_instrument::OPS_MAX);
@@ -225,6 +228,7 @@ impl AppState {
                 .context("too many concurrent invocations")?,
             pooling_memory_bytes: limits.memory_bytes_max,
             cache_dir: Some(data_dir.join("cache")),
+            ..RuntimeConfig::default()
         })
         .context("starting the runtime")?;
         let store = store::Store::open(data_dir)?;
@@ -266,6 +270,34 @@ impl AppState {
 
     fn forget_keys(&self) {
         lock(&self.inner.keys).clear();
+    }
+
+    /// Loads up to [`FUNCTIONS_WARMED_MAX`] functions with their compiled modules (deserialized
+    /// from the on-disk cache after a restart) and instantiates each once, so that a first
+    /// invocation pays for none of it (blocking). A function that cannot be loaded is logged
+    /// and left for its first invocation to report. Returns how many were loaded.
+    pub fn warm_blocking(&self) -> anyhow::Result<usize> {
+        let ledger = &self.inner.ledger;
+        let mut loaded = 0;
+        'tenants: for tenant in ledger.list_tenants()? {
+            for function in ledger.list_functions(tenant.id)? {
+                if loaded == FUNCTIONS_WARMED_MAX {
+                    break 'tenants;
+                }
+                match self.load_function_blocking(&function) {
+                    Ok(entry) => {
+                        self.inner.runtime.warm(&entry.prepared);
+                        loaded += 1;
+                    }
+                    Err(error) => tracing::warn!(
+                        tenant = tenant.id.0,
+                        function = function.name,
+                        "not loaded at start-up: {error:?}"
+                    ),
+                }
+            }
+        }
+        Ok(loaded)
     }
 }
 
@@ -423,6 +455,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.cost_table,
         limits,
     )?;
+    let warming = state.clone();
+    let started = std::time::Instant::now();
+    let warmed = tokio::task::spawn_blocking(move || warming.warm_blocking()).await??;
+    tracing::info!(
+        functions = warmed,
+        "functions loaded in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
