@@ -51,7 +51,6 @@ mod invoice;
 mod schema;
 mod sqlite;
 mod types;
-mod wal_vfs;
 mod writer;
 
 pub mod bench_support;

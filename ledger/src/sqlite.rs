@@ -119,18 +119,7 @@ impl SqliteLedger {
             }
         }
         let path = dir.join(DATABASE_FILE);
-        // The writer's connection writes the WAL through `wal_vfs` (one write per commit).
-        crate::wal_vfs::register().map_err(|code| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(code),
-                Some("registering the ledger's WAL VFS".into()),
-            )
-        })?;
-        let mut conn = Connection::open_with_flags_and_vfs(
-            &path,
-            OpenFlags::default(),
-            crate::wal_vfs::VFS_NAME,
-        )?;
+        let mut conn = Connection::open_with_flags(&path, OpenFlags::default())?;
         configure(&conn)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
