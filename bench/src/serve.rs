@@ -120,13 +120,17 @@ fn cold(args: &Args) -> anyhow::Result<()> {
         std::hint::black_box(output.usage.ops);
     }
 
-    // Reference: bare wasmtime with the pooling allocator, uninstrumented module.
+    // Reference: bare wasmtime with the pooling allocator configured as tally's (memories
+    // kept resident, reset via PAGEMAP_SCAN), uninstrumented module.
     let mut pooling = PoolingAllocationConfig::default();
     pooling
         .total_memories(64)
         .total_tables(64)
         .total_core_instances(64)
-        .max_memory_size(64 << 20);
+        .max_memory_size(64 << 20)
+        .linear_memory_keep_resident(tally_runtime::POOLING_KEEP_RESIDENT_BYTES_DEFAULT)
+        .table_keep_resident(tally_runtime::POOLING_KEEP_RESIDENT_BYTES_DEFAULT)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     let engine = Engine::new(&config)?;

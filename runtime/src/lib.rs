@@ -29,7 +29,10 @@ mod meter;
 mod run;
 
 pub use meter::{MeterReading, exact_ops, memory_ops_integral};
-pub use run::{Invocation, Outcome, Prepared, RunOutput, Runtime, RuntimeConfig, UsageReport};
+pub use run::{
+    Invocation, Outcome, POOLING_KEEP_RESIDENT_BYTES_DEFAULT, Prepared, RunOutput, Runtime,
+    RuntimeConfig, UsageReport,
+};
 
 /// Why a module could not be prepared or run.
 #[derive(Debug, thiserror::Error)]
