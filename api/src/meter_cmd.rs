@@ -106,8 +106,15 @@ pub fn instrument(args: &InstrumentArgs) -> anyhow::Result<ExitCode> {
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let costs = load_costs(&args.costs)?;
     let wasm = read_module(&args.input)?;
-    let instrumented = instrument_module(&wasm, &costs, &Options::default())
-        .with_context(|| format!("instrumenting {}", args.input.display()))?;
+    let instrumented = instrument_module(
+        &wasm,
+        &costs,
+        &Options {
+            defer_start: true,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("instrumenting {}", args.input.display()))?;
     let runtime = Runtime::new(&RuntimeConfig::default())?;
     let prepared = runtime.prepare(&instrumented)?;
     let program = args

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tally_instrument::{Instrumented, MeterMap, OPS_MAX};
+use tally_instrument::{Instrumented, MeterMap, OPS_MAX, START_EXPORT};
 use wasmtime::{
     CallHook, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     ResourceLimiter, Store, Trap,
@@ -470,6 +470,11 @@ impl Runtime {
         let (result, instance) = match prepared.pre.instantiate(&mut store) {
             Ok(instance) => {
                 let result = set_budget(&mut store, &instance, invocation.max_ops).and_then(|()| {
+                    // A start function deferred by the instrumenter runs first, metered and
+                    // billed like the rest of the invocation.
+                    if let Some(init) = instance.get_func(&mut store, START_EXPORT) {
+                        init.typed::<(), ()>(&store)?.call(&mut store, ())?;
+                    }
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                     start.call(&mut store, ())
                 });

@@ -155,7 +155,8 @@ pub async fn upload_module(
         let started = Instant::now();
         let options = Options {
             initial_budget: state.inner.limits.ops_max,
-            ..Options::default()
+            // The start function runs as part of each invocation, so its work is billed.
+            defer_start: true,
         };
         let instrumented = tally_instrument::instrument(&wasm, &state.inner.costs, &options)
             .map_err(|e| ApiError::InvalidModule(e.to_string()))?;
