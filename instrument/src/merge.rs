@@ -5,18 +5,22 @@
 //! instruction: `i32.load; i32.add` becomes one `add reg, [mem]`. If the load is out of bounds,
 //! the trap is then reported at the *consumer's* code offset. The count at that trap must still
 //! stop at the load, so the meter map needs to know, for a consumer, which load it may have
-//! absorbed. Two cases:
+//! absorbed. Three cases:
 //!
 //! * **The consumer cannot trap out of bounds itself** (arithmetic, compares, `select`, a
 //!   branch condition, a call index, ...): an out-of-bounds trap at its offset can only be the
 //!   merged load's, so the meter map gets a second entry for the consumer, used only for
 //!   out-of-bounds traps, that carries the load's correction ([`Analysis::merged`]).
-//! * **The consumer accesses memory too** (a load whose address is the loaded value, a store of
-//!   `op(load)` that becomes a read-modify-write, a bulk operation): the offset alone cannot
-//!   say which of the two trapped, so the pass puts a store of the running count right before
-//!   the consumer ([`Analysis::fences`]). A store is a side effect, after which Cranelift
-//!   never merges the load, and the running count is already in the global, so the store
-//!   changes nothing else.
+//! * **The consumer accesses memory too** (a load whose address is the loaded value or a
+//!   computation over it, a store of `op(load)` that becomes a read-modify-write, a bulk
+//!   operation): the offset alone cannot say which of the two trapped, so the pass puts a
+//!   fence right before the consumer ([`Analysis::fences`]): a store of a constant to a
+//!   private global. A store is a side effect, after which Cranelift never merges the load.
+//! * **A computation over the load is demanded by an instruction that ends the window** (a
+//!   branch, a call, a global write, the end of a block carrying the value): the optimizer may
+//!   have rewritten that computation into a new instruction without a code offset, and a load
+//!   folded into it traps with no offset at all. A fence before the demanding instruction (or
+//!   after the last instruction of the block, [`Analysis::fences_after`]) keeps the load out.
 //!
 //! The analysis follows values through the operand stack and locals and is conservative in
 //! the safe direction: it only forgets a load after something that certainly ends Cranelift's
