@@ -727,11 +727,16 @@ fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
                 "stopped at the write that crossed the cap"
             );
         } else if expected == "start" {
-            // The start function runs at instantiation: bounded by the budget or the deadline.
+            // The start function runs inside the invocation: bounded by the budget or the
+            // deadline, and its work is billed.
             assert!(
-                ["budget-exhausted", "deadline-exceeded", "guest-trapped"]
-                    .contains(&problem.as_str()),
+                ["budget-exhausted", "deadline-exceeded"].contains(&problem.as_str()),
                 "{name}: {problem}"
+            );
+            let ops: u64 = answer.header("tally-ops").unwrap().parse().unwrap();
+            assert!(
+                ops > 1_000_000,
+                "{name}: the start function's work is billed ({ops} ops)"
             );
         } else {
             assert_eq!(problem, expected, "{name}: {}", answer.text());
