@@ -68,7 +68,7 @@ mod pass;
 pub use cost::{
     COST_TABLE_BYTES_MAX, CostTable, PRESETS, VariableCosts, WEIGHT_MAX, operator_name,
 };
-pub use meter::{MeterMap, Stats};
+pub use meter::{MeterMap, Stats, TrapKind};
 pub use pass::instrument;
 
 /// Largest module accepted, in bytes.

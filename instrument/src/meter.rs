@@ -20,6 +20,23 @@ pub struct MeterMap {
     /// The load's correction, for an out-of-bounds trap at the same index in `merged_offsets`.
     #[serde(default)]
     merged_corrections: Vec<u64>,
+    /// Offsets of `loop`s whose body starts (after pure instructions) with one that can trap.
+    #[serde(default)]
+    loop_offsets: Vec<u32>,
+    /// That instruction's correction, for a trap other than an interrupt reported at the loop.
+    #[serde(default)]
+    loop_corrections: Vec<u64>,
+}
+
+/// What kind of trap a correction is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrapKind {
+    /// An out-of-bounds memory access.
+    OutOfBounds,
+    /// An interrupt (the epoch deadline), raised at function entries and loop headers.
+    Interrupt,
+    /// Any other trap.
+    Other,
 }
 
 fn sorted(mut entries: Vec<(u32, u64)>) -> (Vec<u32>, Vec<u64>) {
@@ -35,32 +52,47 @@ fn lookup(offsets: &[u32], corrections: &[u64], module_offset: usize) -> Option<
 }
 
 impl MeterMap {
-    pub(crate) fn new(entries: Vec<(u32, u64)>, merged: Vec<(u32, u64)>) -> MeterMap {
+    pub(crate) fn new(
+        entries: Vec<(u32, u64)>,
+        merged: Vec<(u32, u64)>,
+        loops: Vec<(u32, u64)>,
+    ) -> MeterMap {
         let (offsets, corrections) = sorted(entries);
         let (merged_offsets, merged_corrections) = sorted(merged);
+        let (loop_offsets, loop_corrections) = sorted(loops);
         MeterMap {
             offsets,
             corrections,
             merged_offsets,
             merged_corrections,
+            loop_offsets,
+            loop_corrections,
         }
     }
 
-    /// The amount to subtract from `__tally_ops` after a trap whose top wasm frame is at
-    /// `module_offset`. `out_of_bounds` says whether the trap was an out-of-bounds memory
-    /// access: at an instruction that does not access memory itself, such a trap is a load
-    /// Cranelift merged into it, and the load's correction applies.
-    pub fn trap_correction(&self, module_offset: usize, out_of_bounds: bool) -> u64 {
-        if out_of_bounds
-            && let Some(correction) = lookup(
+    /// The amount to subtract from `__tally_ops` after a trap of `kind` whose top wasm frame
+    /// is at `module_offset`.
+    ///
+    /// * An out-of-bounds trap at an instruction that does not access memory itself is a load
+    ///   Cranelift merged into it: the load's correction applies.
+    /// * A trap other than an interrupt reported at a `loop` is the first instruction of its
+    ///   body that can trap (Cranelift turned the body into a branch to the trap, which carries
+    ///   the loop's location): that instruction's correction applies.
+    pub fn trap_correction(&self, module_offset: usize, kind: TrapKind) -> u64 {
+        let merged = || {
+            lookup(
                 &self.merged_offsets,
                 &self.merged_corrections,
                 module_offset,
             )
-        {
-            return correction;
+        };
+        let in_loop = || lookup(&self.loop_offsets, &self.loop_corrections, module_offset);
+        match kind {
+            TrapKind::OutOfBounds => merged().or_else(in_loop),
+            TrapKind::Other => in_loop(),
+            TrapKind::Interrupt => None,
         }
-        self.correction_at(module_offset)
+        .unwrap_or_else(|| self.correction_at(module_offset))
     }
 
     /// The amount to subtract from `__tally_ops` when a trap's top wasm frame is at

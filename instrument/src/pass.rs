@@ -135,6 +135,7 @@ fn instrument_on_this_thread(
         ..Stats::default()
     };
     let mut corrections: Vec<(u32, u64)> = Vec::new();
+    let mut loop_traps: Vec<(u32, u64)> = Vec::new();
     let func_ids: Vec<FunctionId> = module.funcs.iter_local().map(|(id, _)| id).collect();
     let walrus::Module {
         funcs,
@@ -162,6 +163,7 @@ fn instrument_on_this_thread(
             prepaid_alternative: HashSet::new(),
             stats: &mut stats,
             corrections: &mut corrections,
+            loop_traps: &mut loop_traps,
         };
         pass.run(locals)?;
     }
@@ -192,10 +194,14 @@ fn instrument_on_this_thread(
         .into_iter()
         .filter_map(|(loc, correction)| Some((output_offset(loc)?, correction)))
         .collect();
+    let loop_traps = loop_traps
+        .into_iter()
+        .filter_map(|(loc, correction)| Some((output_offset(loc)?, correction)))
+        .collect();
     stats.output_bytes = out.len();
     Ok(Instrumented {
         wasm: out,
-        meter_map: MeterMap::new(entries, merged),
+        meter_map: MeterMap::new(entries, merged, loop_traps),
         stats,
     })
 }
@@ -502,6 +508,8 @@ struct FunctionPass<'a> {
     prepaid_alternative: HashSet<InstrSeqId>,
     stats: &'a mut Stats,
     corrections: &'a mut Vec<(u32, u64)>,
+    /// (loop, correction of the first instruction of its body that can trap).
+    loop_traps: &'a mut Vec<(u32, u64)>,
 }
 
 fn is_terminator(instr: &Instr) -> bool {
@@ -769,6 +777,32 @@ impl FunctionPass<'_> {
         }
     }
 
+    /// The correction for the first instruction of `seq`'s straight-line path that is not pure,
+    /// if that is one that can trap. When it always traps, Cranelift may turn the loop body into
+    /// a branch to a trap and wasmtime then reports the trap at the `loop` itself.
+    fn first_trap_in(&self, seq: InstrSeqId) -> Option<u64> {
+        let instrs = &self.func.block(seq).instrs;
+        let index = instrs.iter().position(|(instr, _)| {
+            !never_traps(instr)
+                || matches!(
+                    instr,
+                    Instr::Block(_)
+                        | Instr::IfElse(_)
+                        | Instr::Br(_)
+                        | Instr::BrIf(_)
+                        | Instr::BrTable(_)
+                )
+        })?;
+        match &instrs[index].0 {
+            // Entering a block continues the straight-line path.
+            Instr::Block(b) => self.first_trap_in(b.seq),
+            instr if !never_traps(instr) && !is_call(instr) && !matches!(instr, Instr::Loop(_)) => {
+                Some(self.phi[&seq][index + 1])
+            }
+            _ => None,
+        }
+    }
+
     /// The value types a branch to `label` carries.
     fn label_types(&self, label: InstrSeqId) -> Vec<ValType> {
         let is_loop = self.loops.contains(&label);
@@ -961,6 +995,12 @@ impl FunctionPass<'_> {
                 // A memory access that may have absorbed the load before it: the store keeps
                 // Cranelift from merging them (see `merge`).
                 new.extend(plain(self.fence()));
+            }
+            if !loc.is_default()
+                && let Instr::Loop(l) = &instr
+                && let Some(correction) = self.first_trap_in(l.seq)
+            {
+                self.loop_traps.push((loc.data(), correction));
             }
             if !loc.is_default() && !never_traps(&instr) {
                 let correction = match &instr {

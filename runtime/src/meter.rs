@@ -2,7 +2,7 @@
 
 use tally_instrument::{
     BUDGET_GLOBAL, EXHAUSTED_GLOBAL, MEMORY_INTEGRAL_GLOBAL, MEMORY_MARK_GLOBAL,
-    MEMORY_PAGES_GLOBAL, MeterMap, OPS_GLOBAL,
+    MEMORY_PAGES_GLOBAL, MeterMap, OPS_GLOBAL, TrapKind,
 };
 use wasmtime::{AsContextMut, Instance, Val, WasmBacktrace};
 
@@ -64,9 +64,12 @@ pub fn exact_ops(
             .and_then(|trace| trace.frames().first())
             .and_then(|frame| frame.module_offset())
             .map_or(0, |offset| {
-                let out_of_bounds = error.downcast_ref::<wasmtime::Trap>()
-                    == Some(&wasmtime::Trap::MemoryOutOfBounds);
-                meter_map.trap_correction(offset, out_of_bounds)
+                let kind = match error.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::MemoryOutOfBounds) => TrapKind::OutOfBounds,
+                    Some(wasmtime::Trap::Interrupt) => TrapKind::Interrupt,
+                    _ => TrapKind::Other,
+                };
+                meter_map.trap_correction(offset, kind)
             }),
         _ => 0,
     };
