@@ -190,14 +190,15 @@ fn instrument_on_this_thread(
             merged.push((offset, corrections[index].1));
         }
     }
-    let entries = corrections
-        .into_iter()
-        .filter_map(|(loc, correction)| Some((output_offset(loc)?, correction)))
-        .collect();
-    let loop_traps = loop_traps
-        .into_iter()
-        .filter_map(|(loc, correction)| Some((output_offset(loc)?, correction)))
-        .collect();
+    // Original offsets to output offsets, dropping instructions walrus removed as dead.
+    let to_output = |entries: Vec<(u32, u64)>| -> Vec<(u32, u64)> {
+        entries
+            .into_iter()
+            .filter_map(|(loc, correction)| Some((output_offset(loc)?, correction)))
+            .collect()
+    };
+    let entries = to_output(corrections);
+    let loop_traps = to_output(loop_traps);
     stats.output_bytes = out.len();
     Ok(Instrumented {
         wasm: out,
