@@ -99,10 +99,21 @@ impl AppState {
     }
 
     /// The function if it is cached in memory (no I/O: callable on the async executor).
-    fn cached_function(&self, tenant: TenantId, name: &str) -> Option<Arc<FunctionEntry>> {
+    pub(super) fn cached_function(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Option<Arc<FunctionEntry>> {
         lock(&self.inner.functions)
+            .entries
             .get(&(tenant, name.to_owned()))
             .cloned()
+    }
+
+    /// The current generation of the function cache: read it before reading a function from
+    /// the ledger and hand it to [`AppState::load_function_blocking`].
+    pub(super) fn functions_generation(&self) -> u64 {
+        lock(&self.inner.functions).generation
     }
 
     /// The function ready to run, cached in memory (blocking).
@@ -114,19 +125,22 @@ impl AppState {
         if let Some(entry) = self.cached_function(tenant, name) {
             return Ok(entry);
         }
+        let generation = self.functions_generation();
         let function = self
             .inner
             .ledger
             .find_function(tenant, name)?
             .ok_or_else(|| ApiError::UnknownFunction(format!("function {name:?} not found")))?;
-        self.load_function_blocking(&function)
+        self.load_function_blocking(&function, generation)
     }
 
     /// Builds a function's entry (its module compiled or loaded from the on-disk cache) and
-    /// caches it (blocking).
+    /// caches it unless a function changed since `generation` was read (blocking). The entry
+    /// is returned either way: it is what the ledger held when the caller looked.
     pub(crate) fn load_function_blocking(
         &self,
         function: &tally_ledger::Function,
+        generation: u64,
     ) -> Result<Arc<FunctionEntry>, ApiError> {
         let module = self.inner.ledger.get_module(function.module)?;
         let prepared = self.prepared_blocking(&module)?;
@@ -136,8 +150,11 @@ impl AppState {
             config: function_config(function)?,
             prepared,
         });
-        let key = (function.tenant, function.name.clone());
-        lock(&self.inner.functions).insert(key, entry.clone());
+        let mut cache = lock(&self.inner.functions);
+        if cache.generation == generation {
+            let key = (function.tenant, function.name.clone());
+            cache.entries.insert(key, entry.clone());
+        }
         Ok(entry)
     }
 }
@@ -177,7 +194,9 @@ pub async fn put_function(
             .inner
             .ledger
             .put_function(tenant, &name, module.id, config, now)?;
-        lock(&state.inner.functions).remove(&(tenant, name));
+        let mut cache = lock(&state.inner.functions);
+        cache.entries.remove(&(tenant, name));
+        cache.generation += 1;
         Ok((function, module.module.original_sha256, !existed))
     })
     .await?;

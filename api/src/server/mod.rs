@@ -199,10 +199,21 @@ struct Inner {
     admin_token_sha256: [u8; 32],
     store: store::Store,
     prepared: Mutex<HashMap<ModuleId, Arc<Prepared>>>,
-    functions: Mutex<HashMap<(TenantId, String), Arc<FunctionEntry>>>,
+    functions: Mutex<FunctionCache>,
     keys: Mutex<HashMap<[u8; 32], Tenant>>,
     metrics: metrics::Metrics,
     invoke_slots: tokio::sync::Semaphore,
+}
+
+/// Functions ready to run, by (tenant, name).
+#[derive(Default)]
+struct FunctionCache {
+    entries: HashMap<(TenantId, String), Arc<FunctionEntry>>,
+    /// Bumped, under the same lock, whenever a function changes. A loader reads it before it
+    /// reads the function from the ledger and caches what it built only if it is unchanged, so
+    /// an update that lands while a first invocation loads the old version cannot leave the old
+    /// version cached.
+    generation: u64,
 }
 
 impl AppState {
@@ -242,7 +253,7 @@ impl AppState {
                 admin_token_sha256: auth::digest(admin_token),
                 store,
                 prepared: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
+                functions: Mutex::new(FunctionCache::default()),
                 keys: Mutex::new(HashMap::new()),
                 metrics: metrics::Metrics::default(),
             }),
@@ -280,11 +291,12 @@ impl AppState {
         let ledger = &self.inner.ledger;
         let mut loaded = 0;
         'tenants: for tenant in ledger.list_tenants()? {
+            let generation = self.functions_generation();
             for function in ledger.list_functions(tenant.id)? {
                 if loaded == FUNCTIONS_WARMED_MAX {
                     break 'tenants;
                 }
-                match self.load_function_blocking(&function) {
+                match self.load_function_blocking(&function, generation) {
                     Ok(entry) => {
                         self.inner.runtime.warm(&entry.prepared);
                         loaded += 1;

@@ -13,6 +13,7 @@ const ADMIN: &str = "admin-token-for-router-tests";
 
 struct Api {
     app: Router,
+    state: AppState,
     _dir: tempfile::TempDir,
 }
 
@@ -58,7 +59,8 @@ fn api(limits: ServerLimits) -> Api {
     )
     .unwrap();
     Api {
-        app: router(state),
+        app: router(state.clone()),
+        state,
         _dir: dir,
     }
 }
@@ -283,6 +285,63 @@ async fn invoke_bills_once_per_idempotency_key_and_replays_the_first_answer() {
         .json();
     assert_eq!(listed["records"].as_array().unwrap().len(), 1);
     assert_eq!(listed["records"][0]["function"], "fib");
+}
+
+#[tokio::test]
+async fn an_update_during_a_first_load_does_not_leave_the_old_version_cached() {
+    let api = api(ServerLimits::default());
+    let key = api.tenant_with_key("acme").await;
+    let mut ids = Vec::new();
+    for name in ["fib", "noop"] {
+        let module = api
+            .call("POST", "/v1/modules", Some(&key), guest(name), &[])
+            .await;
+        assert_eq!(module.status, StatusCode::CREATED);
+        ids.push(module.json()["id"].as_str().unwrap().to_owned());
+    }
+    let put = |module: &str| format!(r#"{{"module":"{module}","args":["15"]}}"#);
+    let first = api
+        .call("PUT", "/v1/functions/f", Some(&key), put(&ids[0]), &[])
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+
+    // A first invocation's loader reads the generation and the function (still fib)...
+    let state = api.state.clone();
+    let tenant = state.inner.ledger.list_tenants().unwrap()[0].id;
+    let generation = state.functions_generation();
+    let old = state
+        .inner
+        .ledger
+        .find_function(tenant, "f")
+        .unwrap()
+        .unwrap();
+    let old_module = old.module;
+    // ...the function is switched to noop meanwhile...
+    let second = api
+        .call("PUT", "/v1/functions/f", Some(&key), put(&ids[1]), &[])
+        .await;
+    assert_eq!(second.status, StatusCode::OK);
+    // ...and the loader finishes building the fib entry: it must not be cached.
+    let loader = state.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        loader.load_function_blocking(&old, generation).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(built.module, old_module);
+    assert!(state.cached_function(tenant, "f").is_none());
+
+    let run = api
+        .call("POST", "/v1/functions/f/invoke", Some(&key), "", &[])
+        .await;
+    assert_eq!(run.status, StatusCode::OK);
+    assert_eq!(
+        String::from_utf8_lossy(&run.body),
+        "",
+        "the new version (noop) ran"
+    );
+    // The new version is cached now, and a load with the current generation caches.
+    assert!(state.cached_function(tenant, "f").is_some());
 }
 
 #[tokio::test]
