@@ -28,11 +28,14 @@
 //! boundary), so every load that can be merged is found; some that cannot are found too, which
 //! costs a harmless entry or fence.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use wasmparser::{BlockType, FrameKind, FuncType, Operator, SubType};
 
 use crate::Error;
+
+/// wasmparser's limit on the locals of a function (parameters included).
+const LOCALS_MAX: usize = 50_000;
 
 /// Where a value on the operand stack (or in a local) came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -77,7 +80,8 @@ pub(crate) struct Body<'a> {
     module: &'a ModuleTypes,
     stack: Vec<Source>,
     frames: Vec<Frame>,
-    locals: HashMap<u32, Source>,
+    /// By local index, grown on demand (no valid module has more than [`LOCALS_MAX`]).
+    locals: Vec<Source>,
     /// Incremented after everything that ends Cranelift's merge window.
     window: u32,
     /// The offset of the previous operator.
@@ -181,11 +185,24 @@ impl<'a> Body<'a> {
                 ty: BlockType::FuncType(function_type),
                 kind: FrameKind::Block,
             }],
-            locals: HashMap::new(),
+            locals: Vec::new(),
             window: 0,
             previous: None,
             unreachable_depth: None,
         }
+    }
+
+    /// Remembers where local `index` got its value. An index beyond [`LOCALS_MAX`] is
+    /// invalid (the parse rejects the module), so it is not worth memory here.
+    fn set_local(&mut self, index: u32, source: Source) {
+        let index = index as usize;
+        if index >= LOCALS_MAX {
+            return;
+        }
+        if index >= self.locals.len() {
+            self.locals.resize(index + 1, Source::Other);
+        }
+        self.locals[index] = source;
     }
 
     fn pop(&mut self) -> Source {
@@ -262,7 +279,7 @@ impl<'a> Body<'a> {
             Operator::LocalGet { local_index } => {
                 let source = self
                     .locals
-                    .get(&local_index)
+                    .get(local_index as usize)
                     .copied()
                     .unwrap_or(Source::Other);
                 self.stack.push(source);
@@ -270,12 +287,12 @@ impl<'a> Body<'a> {
             }
             Operator::LocalSet { local_index } => {
                 let source = self.pop();
-                self.locals.insert(local_index, source);
+                self.set_local(local_index, source);
                 return Ok(());
             }
             Operator::LocalTee { local_index } => {
                 let source = self.pop();
-                self.locals.insert(local_index, source);
+                self.set_local(local_index, source);
                 self.stack.push(source);
                 return Ok(());
             }

@@ -14,7 +14,8 @@
 //! `phi(q) - phi(p')` (with `p'` the point right after the branch), calls hand the callee an
 //! exact count, and a trap at instruction `x` is made exact by subtracting `phi(after x)`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, InstrSeqType, UnaryOp, Value};
@@ -39,14 +40,27 @@ pub fn instrument(
     costs: &CostTable,
     options: &Options,
 ) -> Result<Instrumented, Error> {
-    // The pass recurses once per nesting level; run it on a stack sized for
+    if wasm.len() > MODULE_BYTES_MAX {
+        return Err(Error::TooLarge(wasm.len()));
+    }
+    // `scan` is iterative; it also finds how deep the pass will recurse.
+    let weights = scan(wasm, costs)?;
+    if weights.nesting_depth_max <= INLINE_NESTING_DEPTH_MAX {
+        // As on a thread of its own: a bug that panics is an error, not the caller's panic.
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            instrument_scanned(wasm, weights, costs, options)
+        }))
+        .map_err(|_| Error::Limit("the instrumentation pass panicked".into()))?;
+    }
+    // The pass recurses once per nesting level; run deep modules on a stack sized for
     // NESTING_DEPTH_MAX whatever thread the caller is on (test threads and tokio blocking
-    // threads have 2 MiB).
+    // threads have 2 MiB). A thread of its own costs a fresh stack and malloc arena, so
+    // modules whose nesting fits any caller's stack stay on the caller's thread.
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("tally-instrument".into())
             .stack_size(PASS_STACK_BYTES)
-            .spawn_scoped(scope, || instrument_on_this_thread(wasm, costs, options))
+            .spawn_scoped(scope, || instrument_scanned(wasm, weights, costs, options))
             .map_err(|e| Error::Limit(format!("cannot start the instrumentation thread: {e}")))?
             .join()
             .map_err(|_| Error::Limit("the instrumentation pass panicked".into()))?
@@ -56,15 +70,24 @@ pub fn instrument(
 /// Stack for the pass: enough for [`NESTING_DEPTH_MAX`] levels in an unoptimized build.
 const PASS_STACK_BYTES: usize = 256 * 1024 * 1024;
 
-fn instrument_on_this_thread(
+/// The deepest nesting the pass handles on the caller's thread. In an unoptimized build a
+/// nesting level costs the pass about 7 KiB of stack, so this fits in
+/// [`INLINE_STACK_BYTES`], a quarter of the smallest stack a caller has (2 MiB: Rust's test
+/// threads and tokio's blocking threads). The guests nest up to 67 deep, everyday code less.
+const INLINE_NESTING_DEPTH_MAX: usize = 64;
+
+/// The stack [`INLINE_NESTING_DEPTH_MAX`] levels must fit in (checked by a test).
+#[cfg(test)]
+const INLINE_STACK_BYTES: usize = 512 * 1024;
+
+const _: () = assert!(INLINE_NESTING_DEPTH_MAX <= NESTING_DEPTH_MAX);
+
+fn instrument_scanned(
     wasm: &[u8],
+    weights: Weights,
     costs: &CostTable,
     options: &Options,
 ) -> Result<Instrumented, Error> {
-    if wasm.len() > MODULE_BYTES_MAX {
-        return Err(Error::TooLarge(wasm.len()));
-    }
-    let weights = scan(wasm, costs)?;
     let mut config = ModuleConfig::new();
     config
         .preserve_code_transform(true)
@@ -137,6 +160,7 @@ fn instrument_on_this_thread(
     let mut corrections: Vec<(u32, u64)> = Vec::new();
     let mut loop_traps: Vec<(u32, u64)> = Vec::new();
     let func_ids: Vec<FunctionId> = module.funcs.iter_local().map(|(id, _)| id).collect();
+    let mut seqs: Vec<SeqFacts> = Vec::new();
     let walrus::Module {
         funcs,
         types,
@@ -145,10 +169,13 @@ fn instrument_on_this_thread(
     } = &mut module;
     for id in func_ids {
         let func = funcs.get_mut(id).kind.unwrap_local_mut();
+        let body = weights.body(func.original_range.clone());
+        seqs.clear();
         let mut pass = FunctionPass {
             func,
             types,
             weights: &weights,
+            body,
             costs,
             globals,
             count: locals.add(ValType::I64),
@@ -156,11 +183,9 @@ fn instrument_on_this_thread(
             fences: 0,
             grow_result: None,
             budget_local: None,
-            phi: HashMap::new(),
-            cont: HashMap::new(),
-            loops: HashSet::new(),
-            targeted: HashSet::new(),
-            prepaid_alternative: HashSet::new(),
+            seqs: &mut seqs,
+            has_calls: false,
+            needs_scratch: false,
             stats: &mut stats,
             corrections: &mut corrections,
             loop_traps: &mut loop_traps,
@@ -229,27 +254,82 @@ struct MemoryGlobals {
     integral: GlobalId,
 }
 
-/// The weight of each original instruction, by its offset in the input.
+/// The weight and facts of each original instruction, by its offset in the input.
 struct Weights {
+    /// Offsets of all operators, ascending.
     offsets: Vec<u32>,
     weights: Vec<u32>,
-    /// Offsets of `loop`s that some branch targets, dead code included (walrus drops dead
-    /// code, but the budget-check points are defined on the module as written).
-    branched_loops: HashSet<u32>,
-    /// Offsets of the first operator of every body that contains a call, dead code included.
-    calling_bodies: HashSet<u32>,
-    /// Loads Cranelift may merge into their consumer: fences and out-of-bounds corrections.
+    /// [`Flags`] of each operator.
+    flags: Vec<u8>,
+    /// Loads Cranelift may merge into their consumer: out-of-bounds corrections.
     analysis: crate::merge::Analysis,
+    /// The deepest nesting of blocks, loops and ifs in any body.
+    nesting_depth_max: usize,
+    /// Where the code section's contents start (walrus's function ranges are relative to it).
+    code_section_start: usize,
+}
+
+/// What the scan found about one operator (bits of [`Weights::flags`]).
+struct Flags;
+
+impl Flags {
+    /// A `loop` that some branch targets, dead code included (walrus drops dead code, but
+    /// the budget-check points are defined on the module as written).
+    const BRANCHED_LOOP: u8 = 1;
+    /// The first operator of a body that contains a call, dead code included.
+    const CALLING_BODY: u8 = 2;
+    /// A memory access that needs a fence right before it (see `merge`).
+    const FENCE_BEFORE: u8 = 4;
+    /// The last instruction of a block that needs a fence right after it.
+    const FENCE_AFTER: u8 = 8;
+    /// An instruction a load may be merged into: the meter map needs its output offset.
+    const MERGED_CONSUMER: u8 = 16;
 }
 
 impl Weights {
-    fn of(&self, loc: InstrLocId) -> u64 {
-        if loc.is_default() {
-            return 0;
+    /// The indices of the operators of the body at `range` (relative to the code section, as
+    /// walrus has it; all operators if unknown).
+    fn body(&self, range: Option<Range<usize>>) -> Range<usize> {
+        match range {
+            Some(range) => {
+                let at = |offset: usize| {
+                    let offset = self.code_section_start + offset;
+                    self.offsets.partition_point(|&o| (o as usize) < offset)
+                };
+                at(range.start)..at(range.end)
+            }
+            None => 0..self.offsets.len(),
         }
-        match self.offsets.binary_search(&loc.data()) {
-            Ok(index) => u64::from(self.weights[index]),
-            Err(_) => 0,
+    }
+
+    /// The index of the operator at `loc`, searched among the indices `body`.
+    fn index(&self, body: &Range<usize>, loc: InstrLocId) -> Option<usize> {
+        if loc.is_default() {
+            return None;
+        }
+        let offsets = &self.offsets[body.clone()];
+        offsets
+            .binary_search(&loc.data())
+            .ok()
+            .map(|index| body.start + index)
+    }
+
+    fn of(&self, body: &Range<usize>, loc: InstrLocId) -> u64 {
+        self.index(body, loc)
+            .map_or(0, |index| u64::from(self.weights[index]))
+    }
+
+    fn has(&self, body: &Range<usize>, loc: InstrLocId, flag: u8) -> bool {
+        self.index(body, loc)
+            .is_some_and(|index| self.flags[index] & flag != 0)
+    }
+
+    /// Sets `flag` on the operators at `offsets`.
+    fn flag(&mut self, offsets: impl IntoIterator<Item = u32>, flag: u8) {
+        for offset in offsets {
+            if let Ok(index) = self.offsets.binary_search(&offset) {
+                self.flags[index] |= flag;
+            }
         }
     }
 }
@@ -261,7 +341,9 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
     let mut offsets = Vec::new();
     let mut weights = Vec::new();
     let mut branched_loops = HashSet::new();
-    let mut calling_bodies = HashSet::new();
+    let mut calling_bodies = Vec::new();
+    let mut nesting_depth_max = 0usize;
+    let mut code_section_start = 0usize;
     let mut types = crate::merge::ModuleTypes::default();
     let mut analysis = crate::merge::Analysis::default();
     let mut bodies_seen = 0usize;
@@ -273,6 +355,7 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
                     types.types.extend(group.map_err(invalid)?.into_types());
                 }
             }
+            Payload::CodeSectionStart { range, .. } => code_section_start = range.start,
             Payload::FunctionSection(reader) => {
                 for ty in reader {
                     types.function_types.push(ty.map_err(invalid)?);
@@ -368,13 +451,14 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
                         | Operator::ReturnCall { .. }
                         | Operator::ReturnCallIndirect { .. }
                         | Operator::ReturnCallRef { .. } => {
-                            calling_bodies.insert(first);
+                            calling_bodies.push(first);
                         }
                         _ => {}
                     }
                     match &op {
                         Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
                             depth += 1;
+                            nesting_depth_max = nesting_depth_max.max(depth);
                             if depth > NESTING_DEPTH_MAX {
                                 return Err(Error::Limit(format!(
                                     "blocks are nested more than {NESTING_DEPTH_MAX} deep"
@@ -407,13 +491,25 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
             _ => {}
         }
     }
-    Ok(Weights {
+    let flags = vec![0; offsets.len()];
+    let mut out = Weights {
         offsets,
         weights,
-        branched_loops,
-        calling_bodies,
-        analysis,
-    })
+        flags,
+        analysis: crate::merge::Analysis::default(),
+        nesting_depth_max,
+        code_section_start,
+    };
+    out.flag(branched_loops, Flags::BRANCHED_LOOP);
+    out.flag(calling_bodies, Flags::CALLING_BODY);
+    out.flag(analysis.fences.drain(), Flags::FENCE_BEFORE);
+    out.flag(analysis.fences_after.drain(), Flags::FENCE_AFTER);
+    out.flag(
+        analysis.merged.iter().map(|&(consumer, _)| consumer),
+        Flags::MERGED_CONSUMER,
+    );
+    out.analysis = analysis;
+    Ok(out)
 }
 
 fn reject_reserved_names(module: &Module) -> Result<(), Error> {
@@ -472,6 +568,23 @@ impl walrus::CustomSection for MeterSection {
     }
 }
 
+/// What the pass knows about one instruction sequence.
+#[derive(Default)]
+struct SeqFacts {
+    /// phi at every position (len + 1 entries); taken while the sequence is rewritten.
+    phi: Vec<u64>,
+    /// phi at the start.
+    start: u64,
+    /// phi right after the construct that the sequence is the body of.
+    cont: u64,
+    /// The body of a loop.
+    is_loop: bool,
+    /// Some branch targets it.
+    targeted: bool,
+    /// The consequent of an `if` whose alternative (rather than consequent) is prepaid.
+    prepaid_alternative: bool,
+}
+
 /// What kind of construct an instruction sequence is the body of.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Construct {
@@ -485,6 +598,8 @@ struct FunctionPass<'a> {
     func: &'a mut LocalFunction,
     types: &'a mut ModuleTypes,
     weights: &'a Weights,
+    /// The indices of this function's operators in `weights`.
+    body: Range<usize>,
     costs: &'a CostTable,
     globals: Globals,
     /// The running count: executed + phi(here).
@@ -497,16 +612,12 @@ struct FunctionPass<'a> {
     grow_result: Option<LocalId>,
     /// The budget, read once at function entry when the function has loop checks.
     budget_local: Option<LocalId>,
-    /// phi at every position of every sequence (len + 1 entries).
-    phi: HashMap<InstrSeqId, Vec<u64>>,
-    /// phi right after the construct that a sequence is the body of.
-    cont: HashMap<InstrSeqId, u64>,
-    /// Sequences that are loop bodies.
-    loops: HashSet<InstrSeqId>,
-    /// Sequences some branch targets.
-    targeted: HashSet<InstrSeqId>,
-    /// `if`s whose alternative (rather than consequent) is the prepaid arm, by consequent id.
-    prepaid_alternative: HashSet<InstrSeqId>,
+    /// What the pass knows about each sequence of the function, by its index.
+    seqs: &'a mut Vec<SeqFacts>,
+    /// Some instruction calls (or tail-calls).
+    has_calls: bool,
+    /// Some instruction needs the scratch locals (a bulk operation, `memory.grow`).
+    needs_scratch: bool,
     stats: &'a mut Stats,
     corrections: &'a mut Vec<(u32, u64)>,
     /// (loop, correction of the first instruction of its body that can trap).
@@ -520,6 +631,19 @@ fn is_terminator(instr: &Instr) -> bool {
             | Instr::BrTable(_)
             | Instr::Return(_)
             | Instr::Unreachable(_)
+            | Instr::ReturnCall(_)
+            | Instr::ReturnCallIndirect(_)
+            | Instr::ReturnCallRef(_)
+    )
+}
+
+/// A call or a tail call.
+fn calls(instr: &Instr) -> bool {
+    matches!(
+        instr,
+        Instr::Call(_)
+            | Instr::CallIndirect(_)
+            | Instr::CallRef(_)
             | Instr::ReturnCall(_)
             | Instr::ReturnCallIndirect(_)
             | Instr::ReturnCallRef(_)
@@ -591,15 +715,13 @@ impl FunctionPass<'_> {
             .filter(|&p| p < OPS_MAX)
             .ok_or_else(|| Error::Limit("a function's static cost overflows".into()))?;
         let first_loc = self.func.block(entry).instrs.first().map(|(_, loc)| *loc);
-        let has_calls = self.has_calls(entry)
-            || first_loc.is_some_and(|loc| {
-                !loc.is_default() && self.weights.calling_bodies.contains(&loc.data())
-            });
-        let has_loop_checks = self.loops.iter().any(|l| self.targeted.contains(l));
+        let has_calls = self.has_calls
+            || first_loc.is_some_and(|loc| self.weights.has(&self.body, loc, Flags::CALLING_BODY));
+        let has_loop_checks = self.seqs.iter().any(|s| s.is_loop && s.targeted);
         if has_loop_checks {
             self.budget_local = Some(locals.add(ValType::I64));
         }
-        if self.needs_scratch(entry) {
+        if self.needs_scratch {
             self.scratch = Some(locals.add(ValType::I32));
             self.grow_result = Some(locals.add(ValType::I32));
         }
@@ -640,17 +762,20 @@ impl FunctionPass<'_> {
     /// Records which construct each sequence belongs to and which are branch targets.
     fn classify(&mut self, seq: InstrSeqId, construct: Construct) {
         if construct == Construct::Loop {
-            self.loops.insert(seq);
+            self.facts(seq).is_loop = true;
         }
         self.stats.basic_blocks += 1;
-        let instrs: Vec<(Instr, InstrLocId)> = self.func.block(seq).instrs.clone();
+        // Taken out while its nested sequences are classified, put back at the end.
+        let instrs = std::mem::take(&mut self.func.block_mut(seq).instrs);
         for (instr, loc) in &instrs {
             if let Instr::Loop(l) = instr
-                && !loc.is_default()
-                && self.weights.branched_loops.contains(&loc.data())
+                && self.weights.has(&self.body, *loc, Flags::BRANCHED_LOOP)
             {
-                self.targeted.insert(l.seq);
+                self.facts(l.seq).targeted = true;
             }
+            self.has_calls |= calls(instr);
+            self.needs_scratch |=
+                matches!(instr, Instr::MemoryGrow(_)) || self.variable_cost(instr) > 0;
             match instr {
                 Instr::Block(b) => self.classify(b.seq, Construct::Block),
                 Instr::Loop(l) => self.classify(l.seq, Construct::Loop),
@@ -659,45 +784,40 @@ impl FunctionPass<'_> {
                     self.classify(e.alternative, Construct::Arm);
                 }
                 Instr::Br(b) => {
-                    self.targeted.insert(b.block);
+                    self.facts(b.block).targeted = true;
                 }
                 Instr::BrIf(b) => {
-                    self.targeted.insert(b.block);
+                    self.facts(b.block).targeted = true;
                     self.stats.basic_blocks += 1;
                 }
                 Instr::BrTable(t) => {
-                    self.targeted.insert(t.default);
-                    self.targeted.extend(t.blocks.iter().copied());
+                    self.facts(t.default).targeted = true;
+                    for &label in t.blocks.iter() {
+                        self.facts(label).targeted = true;
+                    }
                 }
                 _ => {}
             }
         }
+        self.func.block_mut(seq).instrs = instrs;
     }
 
-    fn has_calls(&self, seq: InstrSeqId) -> bool {
-        self.func.block(seq).instrs.iter().any(|(i, _)| match i {
-            Instr::Call(_)
-            | Instr::CallIndirect(_)
-            | Instr::CallRef(_)
-            | Instr::ReturnCall(_)
-            | Instr::ReturnCallIndirect(_)
-            | Instr::ReturnCallRef(_) => true,
-            Instr::Block(b) => self.has_calls(b.seq),
-            Instr::Loop(l) => self.has_calls(l.seq),
-            Instr::IfElse(e) => self.has_calls(e.consequent) || self.has_calls(e.alternative),
-            _ => false,
-        })
+    /// The facts of `seq`, created on first use.
+    fn facts(&mut self, seq: InstrSeqId) -> &mut SeqFacts {
+        let index = seq.index();
+        if index >= self.seqs.len() {
+            self.seqs.resize_with(index + 1, SeqFacts::default);
+        }
+        &mut self.seqs[index]
     }
 
-    fn needs_scratch(&self, seq: InstrSeqId) -> bool {
-        self.func.block(seq).instrs.iter().any(|(i, _)| match i {
-            Instr::Block(b) => self.needs_scratch(b.seq),
-            Instr::Loop(l) => self.needs_scratch(l.seq),
-            Instr::IfElse(e) => {
-                self.needs_scratch(e.consequent) || self.needs_scratch(e.alternative)
-            }
-            other => matches!(other, Instr::MemoryGrow(_)) || self.variable_cost(other) > 0,
-        })
+    /// The facts of `seq`, which `classify` and `plan` recorded.
+    fn facts_of(&self, seq: InstrSeqId) -> &SeqFacts {
+        &self.seqs[seq.index()]
+    }
+
+    fn is_loop(&self, seq: InstrSeqId) -> bool {
+        self.seqs.get(seq.index()).is_some_and(|s| s.is_loop)
     }
 
     /// `local.get count`.
@@ -731,8 +851,10 @@ impl FunctionPass<'_> {
     /// Computes phi for every position of `seq`, given phi after its construct; returns phi at
     /// its start.
     fn plan(&mut self, seq: InstrSeqId, cont: u64) -> Result<u64, Error> {
-        self.cont.insert(seq, cont);
-        let instrs: Vec<(Instr, InstrLocId)> = self.func.block(seq).instrs.clone();
+        self.facts(seq).cont = cont;
+        // Taken out while its nested sequences are planned, put back at the end (an error
+        // abandons the whole module, so it need not).
+        let instrs = std::mem::take(&mut self.func.block_mut(seq).instrs);
         let mut phi = vec![0u64; instrs.len() + 1];
         phi[instrs.len()] = cont;
         for (index, (instr, loc)) in instrs.iter().enumerate().rev() {
@@ -751,7 +873,7 @@ impl FunctionPass<'_> {
                     if self.func.block(e.alternative).instrs.is_empty()
                         && !self.func.block(e.consequent).instrs.is_empty()
                     {
-                        self.prepaid_alternative.insert(e.consequent);
+                        self.facts(e.consequent).prepaid_alternative = true;
                         alternative
                     } else {
                         consequent
@@ -760,21 +882,25 @@ impl FunctionPass<'_> {
                 _ => after,
             };
             phi[index] = rest
-                .checked_add(self.weights.of(*loc))
+                .checked_add(self.weights.of(&self.body, *loc))
                 .filter(|&p| p < OPS_MAX)
                 .ok_or_else(|| Error::Limit("a function's static cost overflows".into()))?;
         }
+        self.func.block_mut(seq).instrs = instrs;
         let start = phi[0];
-        self.phi.insert(seq, phi);
+        let facts = self.facts(seq);
+        facts.phi = phi;
+        facts.start = start;
         Ok(start)
     }
 
     /// phi where a branch to `label` lands.
     fn target_phi(&self, label: InstrSeqId) -> u64 {
-        if self.loops.contains(&label) {
-            self.phi[&label][0]
+        let facts = self.facts_of(label);
+        if facts.is_loop {
+            facts.start
         } else {
-            self.cont[&label]
+            facts.cont
         }
     }
 
@@ -798,7 +924,7 @@ impl FunctionPass<'_> {
             // Entering a block continues the straight-line path.
             Instr::Block(b) => self.first_trap_in(b.seq),
             instr if !never_traps(instr) && !is_call(instr) && !matches!(instr, Instr::Loop(_)) => {
-                Some(self.phi[&seq][index + 1])
+                Some(self.facts_of(seq).phi[index + 1])
             }
             _ => None,
         }
@@ -806,7 +932,7 @@ impl FunctionPass<'_> {
 
     /// The value types a branch to `label` carries.
     fn label_types(&self, label: InstrSeqId) -> Vec<ValType> {
-        let is_loop = self.loops.contains(&label);
+        let is_loop = self.is_loop(label);
         match self.func.block(label).ty {
             InstrSeqType::Simple(None) => vec![],
             InstrSeqType::Simple(Some(t)) => {
@@ -982,17 +1108,24 @@ impl FunctionPass<'_> {
 
     /// Rewrites `seq` (and everything nested in it) to keep the invariant.
     fn rewrite(&mut self, seq: InstrSeqId) -> Result<(), Error> {
-        let phi = self.phi[&seq].clone();
+        // Nothing reads phi inside `seq` once it is rewritten (branches only need `start`).
+        let phi = std::mem::take(&mut self.facts(seq).phi);
         let old = std::mem::take(&mut self.func.block_mut(seq).instrs);
+        // The meter map never looks up an `end`, so walrus need not record where it went.
+        self.func.block_mut(seq).end = InstrLocId::default();
         let mut new: Vec<(Instr, InstrLocId)> = Vec::with_capacity(old.len() + 8);
         let plain = |v: Vec<Instr>| v.into_iter().map(|i| (i, InstrLocId::default()));
 
-        if self.loops.contains(&seq) && self.targeted.contains(&seq) {
+        if self.facts_of(seq).is_loop && self.facts_of(seq).targeted {
             new.extend(plain(self.budget_check(phi[0])));
         }
         for (index, (instr, loc)) in old.into_iter().enumerate() {
             let after = phi[index + 1];
-            if !loc.is_default() && self.weights.analysis.fences.contains(&loc.data()) {
+            let flags = self
+                .weights
+                .index(&self.body, loc)
+                .map_or(0, |index| self.weights.flags[index]);
+            if flags & Flags::FENCE_BEFORE != 0 {
                 // A memory access that may have absorbed the load before it: the store keeps
                 // Cranelift from merging them (see `merge`).
                 new.extend(plain(self.fence()));
@@ -1006,12 +1139,19 @@ impl FunctionPass<'_> {
             if !loc.is_default() && !never_traps(&instr) {
                 let correction = match &instr {
                     _ if is_call(&instr) => 0,
-                    Instr::Loop(l) => self.phi[&l.seq][0],
+                    Instr::Loop(l) => self.facts_of(l.seq).start,
                     _ if is_terminator(&instr) => 0,
                     _ => after,
                 };
                 self.corrections.push((loc.data(), correction));
             }
+            // Only the instructions the meter map looks up keep their original location: walrus
+            // records an output offset for each.
+            let loc = if never_traps(&instr) && flags & Flags::MERGED_CONSUMER == 0 {
+                InstrLocId::default()
+            } else {
+                loc
+            };
             match instr {
                 Instr::Block(ref b) => {
                     self.rewrite(b.seq)?;
@@ -1025,12 +1165,14 @@ impl FunctionPass<'_> {
                     let (consequent, alternative) = (e.consequent, e.alternative);
                     self.rewrite(consequent)?;
                     self.rewrite(alternative)?;
-                    let (prepaid, other) = if self.prepaid_alternative.contains(&consequent) {
+                    let prepaid_alternative = self.facts_of(consequent).prepaid_alternative;
+                    let (prepaid, other) = if prepaid_alternative {
                         (alternative, consequent)
                     } else {
                         (consequent, alternative)
                     };
-                    let delta = self.phi[&other][0] as i64 - self.phi[&prepaid][0] as i64;
+                    let delta =
+                        self.facts_of(other).start as i64 - self.facts_of(prepaid).start as i64;
                     let fix = self.adjust(delta);
                     if !fix.is_empty() {
                         let body = self.func.block_mut(other);
@@ -1149,7 +1291,7 @@ impl FunctionPass<'_> {
                 }
                 _ => new.push((instr, loc)),
             }
-            if !loc.is_default() && self.weights.analysis.fences_after.contains(&loc.data()) {
+            if flags & Flags::FENCE_AFTER != 0 {
                 new.extend(plain(self.fence()));
             }
         }
@@ -1208,4 +1350,34 @@ fn i64_const(value: i64) -> Instr {
     Instr::Const(walrus::ir::Const {
         value: Value::I64(value),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `depth` nested blocks around `i32.const 1`.
+    fn nested_blocks(depth: usize) -> Vec<u8> {
+        let text = format!(
+            "(module (func (export \"f\") (result i32) {} i32.const 1 {}))",
+            "(block (result i32) ".repeat(depth),
+            ")".repeat(depth)
+        );
+        wat::parse_str(text).unwrap()
+    }
+
+    #[test]
+    fn nesting_at_the_inline_limit_fits_a_quarter_of_a_small_stack() {
+        let wasm = nested_blocks(INLINE_NESTING_DEPTH_MAX);
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        // On a thread of exactly that stack: an overflow aborts this test binary.
+        let out = std::thread::Builder::new()
+            .stack_size(INLINE_STACK_BYTES)
+            .spawn(move || instrument(&wasm, &costs, &Options::default()))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.stats.functions, 1);
+    }
 }
