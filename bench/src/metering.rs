@@ -3,7 +3,8 @@
 //!
 //! Every variant runs the workload's `_start` in a fresh store on its own engine; the plain
 //! engine has neither fuel nor epochs, so the baseline really runs without metering. Variants
-//! are interleaved and the best of `--runs` is kept.
+//! are interleaved and the best of `--runs` is kept. So are `instrument()` and wasmtime's
+//! compilation of the same original module, measured in turn.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -152,13 +153,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "ns/fuel"
     );
     for workload in workloads(&args.guests, args.only.as_deref(), args.small)? {
-        let started = Instant::now();
-        let instrumented = instrument(&workload.wasm, &default_costs, &Options::default())?;
-        let instrument_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Instrumenting and compiling the same module, interleaved, best of `runs` each.
+        let (mut instrument_ms, mut compile_ms) = (f64::INFINITY, f64::INFINITY);
+        let mut instrumented = None;
+        let mut plain_module = None;
+        for _ in 0..args.runs.max(1) {
+            let started = Instant::now();
+            let out = instrument(&workload.wasm, &default_costs, &Options::default())?;
+            instrument_ms = instrument_ms.min(started.elapsed().as_secs_f64() * 1e3);
+            instrumented = Some(out);
+            let started = Instant::now();
+            let module = Module::new(&plain_engine, &workload.wasm)?;
+            compile_ms = compile_ms.min(started.elapsed().as_secs_f64() * 1e3);
+            plain_module = Some(module);
+        }
+        let instrumented = instrumented.expect("at least one run");
+        let plain_module = plain_module.expect("at least one run");
         let uniform = instrument(&workload.wasm, &uniform_costs, &Options::default())?;
-        let started = Instant::now();
-        let plain_module = Module::new(&plain_engine, &workload.wasm)?;
-        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let tally_module = Module::new(&plain_engine, &instrumented.wasm)?;
         let uniform_module = Module::new(&plain_engine, &uniform.wasm)?;
         let fuel_module = Module::new(&fuel_engine, &workload.wasm)?;
