@@ -924,6 +924,9 @@ impl FunctionPass<'_> {
         match &instrs[index].0 {
             // Entering a block continues the straight-line path.
             Instr::Block(b) => self.first_trap_in(b.seq),
+            // Nothing after a terminator runs: its correction is 0 (as in `rewrite`), whatever
+            // the straight-line path past it would weigh.
+            instr if is_terminator(instr) => Some(0),
             instr if !never_traps(instr) && !is_call(instr) && !matches!(instr, Instr::Loop(_)) => {
                 Some(self.facts_of(seq).phi[index + 1])
             }
