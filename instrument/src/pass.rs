@@ -678,7 +678,12 @@ fn never_traps(instr: &Instr) -> bool {
         | Instr::RefNull(_)
         | Instr::RefIsNull(_)
         | Instr::RefFunc(_)
-        | Instr::TableSize(_) => true,
+        | Instr::RefI31(_)
+        | Instr::TableSize(_)
+        | Instr::TernOp(_)
+        | Instr::DataDrop(_)
+        | Instr::ElemDrop(_)
+        | Instr::AtomicFence(_) => true,
         Instr::Binop(b) => !matches!(
             b.op,
             BinaryOp::I32DivS
