@@ -710,6 +710,15 @@ fn never_traps(instr: &Instr) -> bool {
     }
 }
 
+/// See [`FunctionPass::if_traps`].
+#[derive(Default)]
+struct IfTraps {
+    /// The `if`'s offset has an entry (it must keep its location).
+    entry: bool,
+    fence_prepaid: bool,
+    fence_other: bool,
+}
+
 impl FunctionPass<'_> {
     fn run(&mut self, locals: &mut walrus::ModuleLocals) -> Result<(), Error> {
         let entry = self.func.entry_block();
@@ -939,6 +948,53 @@ impl FunctionPass<'_> {
         }
     }
 
+    /// What a trap reported at an `if` (at original offset `offset`) means. When an arm's first
+    /// instruction with a side effect always traps, Cranelift can fold the branch into that
+    /// arm into a conditional trap, which carries the `if`'s location. The arm that is not
+    /// prepaid starts with its count adjustment (a store), so only the prepaid arm can be folded,
+    /// unless both arms weigh the same. The `if`'s offset gets that arm's trap correction in
+    /// the table of loop-header traps; where that could be confused with the other arm or with
+    /// a load merged into the condition, the arm gets a fence instead, so it is never folded.
+    fn if_traps(
+        &mut self,
+        consequent: InstrSeqId,
+        alternative: InstrSeqId,
+        offset: u32,
+        flags: u8,
+    ) -> IfTraps {
+        let (prepaid, other) = if self.facts_of(consequent).prepaid_alternative {
+            (alternative, consequent)
+        } else {
+            (consequent, alternative)
+        };
+        let same_weight = self.facts_of(other).start == self.facts_of(prepaid).start;
+        let in_prepaid = self.first_trap_in(prepaid);
+        let in_other = if same_weight {
+            self.first_trap_in(other)
+        } else {
+            None
+        };
+        let mut traps = IfTraps::default();
+        if flags & Flags::MERGED_CONSUMER != 0 {
+            // An out-of-bounds trap at this offset is the condition's load.
+            traps.fence_prepaid = in_prepaid.is_some();
+            traps.fence_other = in_other.is_some();
+            return traps;
+        }
+        let correction = match (in_prepaid, in_other) {
+            (None, None) => return traps,
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (Some(a), Some(b)) => {
+                traps.fence_other = a != b;
+                a
+            }
+        };
+        self.loop_traps.push((offset, correction));
+        traps.entry = true;
+        traps
+    }
+
     /// The value types a branch to `label` carries.
     fn label_types(&self, label: InstrSeqId) -> Vec<ValType> {
         let is_loop = self.is_loop(label);
@@ -1154,13 +1210,20 @@ impl FunctionPass<'_> {
                 };
                 self.corrections.push((loc.data(), correction));
             }
+            let if_traps = match &instr {
+                Instr::IfElse(e) if !loc.is_default() => {
+                    self.if_traps(e.consequent, e.alternative, loc.data(), flags)
+                }
+                _ => IfTraps::default(),
+            };
             // Only the instructions the meter map looks up keep their original location: walrus
             // records an output offset for each.
-            let loc = if never_traps(&instr) && flags & Flags::MERGED_CONSUMER == 0 {
-                InstrLocId::default()
-            } else {
-                loc
-            };
+            let loc =
+                if never_traps(&instr) && flags & Flags::MERGED_CONSUMER == 0 && !if_traps.entry {
+                    InstrLocId::default()
+                } else {
+                    loc
+                };
             match instr {
                 Instr::Block(ref b) => {
                     self.rewrite(b.seq)?;
@@ -1187,6 +1250,17 @@ impl FunctionPass<'_> {
                         let body = self.func.block_mut(other);
                         let rest = std::mem::take(&mut body.instrs);
                         body.instrs = plain(fix).chain(rest).collect();
+                    }
+                    for (arm, fenced) in [
+                        (prepaid, if_traps.fence_prepaid),
+                        (other, if_traps.fence_other),
+                    ] {
+                        if fenced {
+                            let fence = self.fence();
+                            let body = self.func.block_mut(arm);
+                            let rest = std::mem::take(&mut body.instrs);
+                            body.instrs = plain(fence).chain(rest).collect();
+                        }
                     }
                     new.push((instr, loc));
                 }
