@@ -948,6 +948,29 @@ impl FunctionPass<'_> {
         }
     }
 
+    /// An `if`'s arms: (the prepaid one, the other one).
+    fn arms(&self, consequent: InstrSeqId, alternative: InstrSeqId) -> (InstrSeqId, InstrSeqId) {
+        if self.facts_of(consequent).prepaid_alternative {
+            (alternative, consequent)
+        } else {
+            (consequent, alternative)
+        }
+    }
+
+    /// Puts `instrs` (without locations) at the start of `seq`.
+    fn prepend(&mut self, seq: InstrSeqId, instrs: Vec<Instr>) {
+        if instrs.is_empty() {
+            return;
+        }
+        let body = self.func.block_mut(seq);
+        let rest = std::mem::take(&mut body.instrs);
+        body.instrs = instrs
+            .into_iter()
+            .map(|i| (i, InstrLocId::default()))
+            .chain(rest)
+            .collect();
+    }
+
     /// What a trap reported at an `if` (at original offset `offset`) means. When an arm's first
     /// instruction with a side effect always traps, Cranelift can fold the branch into that
     /// arm into a conditional trap, which carries the `if`'s location. The arm that is not
@@ -962,11 +985,7 @@ impl FunctionPass<'_> {
         offset: u32,
         flags: u8,
     ) -> IfTraps {
-        let (prepaid, other) = if self.facts_of(consequent).prepaid_alternative {
-            (alternative, consequent)
-        } else {
-            (consequent, alternative)
-        };
+        let (prepaid, other) = self.arms(consequent, alternative);
         let same_weight = self.facts_of(other).start == self.facts_of(prepaid).start;
         let in_prepaid = self.first_trap_in(prepaid);
         let in_other = if same_weight {
@@ -1237,29 +1256,18 @@ impl FunctionPass<'_> {
                     let (consequent, alternative) = (e.consequent, e.alternative);
                     self.rewrite(consequent)?;
                     self.rewrite(alternative)?;
-                    let prepaid_alternative = self.facts_of(consequent).prepaid_alternative;
-                    let (prepaid, other) = if prepaid_alternative {
-                        (alternative, consequent)
-                    } else {
-                        (consequent, alternative)
-                    };
+                    let (prepaid, other) = self.arms(consequent, alternative);
                     let delta =
                         self.facts_of(other).start as i64 - self.facts_of(prepaid).start as i64;
                     let fix = self.adjust(delta);
-                    if !fix.is_empty() {
-                        let body = self.func.block_mut(other);
-                        let rest = std::mem::take(&mut body.instrs);
-                        body.instrs = plain(fix).chain(rest).collect();
-                    }
+                    self.prepend(other, fix);
                     for (arm, fenced) in [
                         (prepaid, if_traps.fence_prepaid),
                         (other, if_traps.fence_other),
                     ] {
                         if fenced {
                             let fence = self.fence();
-                            let body = self.func.block_mut(arm);
-                            let rest = std::mem::take(&mut body.instrs);
-                            body.instrs = plain(fence).chain(rest).collect();
+                            self.prepend(arm, fence);
                         }
                     }
                     new.push((instr, loc));
