@@ -2,8 +2,8 @@
 //! oracle (same outcome, same exact count, same exhausted flag, same state after every call), the
 //! instrumented module against the original (same results, same trap codes, same memories and
 //! globals, unless the budget stopped the instrumented run) and, on calls that return, wasmtime's
-//! fuel on the original against tally's count (only for tables whose function-entry weight is 1,
-//! wasmtime's hard-coded value; see `support::with_function_entry_1`).
+//! fuel on the original against tally's count (only for tables wasmtime can express: entry weight
+//! 1, wasmtime's hard-coded value, and every weight a `u8`; see `support::fuel_comparable`).
 
 use std::collections::BTreeMap;
 
@@ -11,8 +11,8 @@ use tally_instrument::{CostTable, Options};
 use wasmtime::{Trap, Val};
 
 use crate::support::{
-    Metering, Outcome, Runner, default_args, first_memory_difference, fuel_engine_for,
-    plain_engine, with_function_entry_1,
+    Metering, Outcome, Runner, default_args, first_memory_difference, fuel_can_express,
+    fuel_comparable, fuel_engine_for, plain_engine,
 };
 
 /// What happened across the calls of one module, for the suite's statistics.
@@ -76,7 +76,7 @@ pub fn check_module(wasm: &[u8], costs: &CostTable, budget: u64) -> Result<Repor
     );
     let naive = Runner::new(plain_engine(), &naive_wasm, Metering::Naive);
     let fuel_engine = fuel_engine_for(costs);
-    let compare_fuel = costs.function_entry() == 1;
+    let compare_fuel = fuel_can_express(costs);
     let original = Runner::new(&fuel_engine, wasm, Metering::None);
     let (mut optimized, mut naive, mut original) = match (optimized, naive, original) {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
@@ -210,7 +210,7 @@ fn fixture_modules_agree_with_their_originals() {
         let wasm = wat::parse_file(path).unwrap();
         for preset in tally_instrument::PRESETS {
             let costs = CostTable::preset(preset).unwrap();
-            let entry_1 = with_function_entry_1(&costs);
+            let entry_1 = fuel_comparable(&costs);
             for costs in [&costs, &entry_1] {
                 match check_module(&wasm, costs, 1_000_000) {
                     Ok(report) => total.add(&report),

@@ -9,7 +9,7 @@ use tally_instrument::{CostTable, OPS_MAX, Options};
 use wasmtime::Val;
 
 use crate::support::{
-    Metering, Outcome, Runner, Value, fuel_engine_for, plain_engine, with_function_entry_1,
+    Metering, Outcome, Runner, Value, fuel_comparable, fuel_engine_for, plain_engine,
 };
 
 #[derive(Clone, Debug)]
@@ -326,7 +326,7 @@ fn default_preset_agrees_on_fixtures() {
                 "default"
             };
             // Entry weight 1 (wasmtime's hard-coded value) so that fuel can be compared.
-            let costs = with_function_entry_1(&CostTable::preset(other).unwrap());
+            let costs = fuel_comparable(&CostTable::preset(other).unwrap());
             let where_ = format!("{}:{} ({other})", path.display(), case.line);
             let naive_wasm = tally_oracle::instrument_naive(&wasm, &costs, case.budget).unwrap();
             let mut naive = Runner::new(plain_engine(), &naive_wasm, Metering::Naive).unwrap();

@@ -1,24 +1,28 @@
 //! Oracle 2: wasmtime's own fuel, configured with tally's cost table through
 //! `Config::operator_cost`, agrees with tally's count on every run that completes. wasmtime
-//! charges 1 per function entry (hard-coded); `wasmtime-fuel` does too, and for `default` (whose
-//! entry weight differs) the comparison uses the same table with an entry weight of 1.
+//! charges 1 per function entry (hard-coded) and takes `u8` weights; `wasmtime-fuel` fits, and
+//! for `default` (whose entry weight and heaviest classes do not) the comparison uses the same
+//! table with an entry weight of 1 and its weights capped at 255 (`support::fuel_comparable`).
 
 use tally_instrument::CostTable;
 
 use crate::differential::check_module;
-use crate::support::{operator_cost, with_function_entry_1};
+use crate::support::{fuel_can_express, fuel_comparable, operator_cost};
 
 #[test]
 fn presets_fit_wasmtime_operator_cost() {
+    let fuel = CostTable::preset("wasmtime-fuel").unwrap();
+    assert!(
+        fuel_can_express(&fuel),
+        "wasmtime-fuel is wasmtime's own table"
+    );
+    assert_eq!(
+        fuel_comparable(&fuel).weights().collect::<Vec<_>>(),
+        fuel.weights().collect::<Vec<_>>()
+    );
     for preset in tally_instrument::PRESETS {
-        let costs = CostTable::preset(preset).unwrap();
-        if preset == "wasmtime-fuel" {
-            assert_eq!(
-                costs.function_entry(),
-                1,
-                "wasmtime charges 1 per function entry"
-            );
-        }
+        let costs = fuel_comparable(&CostTable::preset(preset).unwrap());
+        assert!(fuel_can_express(&costs), "{preset}");
         let table = serde_json::to_value(operator_cost(&costs)).unwrap();
         let mut compared = 0;
         for (name, weight) in costs.weights() {
@@ -129,7 +133,7 @@ const MODULES: &[(&str, &str)] = &[
 #[test]
 fn fuel_matches_on_hand_written_modules_for_both_presets() {
     for preset in tally_instrument::PRESETS {
-        let costs = with_function_entry_1(&CostTable::preset(preset).unwrap());
+        let costs = fuel_comparable(&CostTable::preset(preset).unwrap());
         for (what, wat) in MODULES {
             let wasm = wat::parse_str(wat).unwrap();
             let report = check_module(&wasm, &costs, 1 << 40)

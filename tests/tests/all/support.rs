@@ -45,7 +45,8 @@ fn engines() -> &'static Engines {
         let fuel = tally_instrument::PRESETS
             .iter()
             .map(|&name| {
-                let costs = CostTable::preset(name).unwrap();
+                // Presets wasmtime cannot express run original modules only (no comparison).
+                let costs = fuel_comparable(&CostTable::preset(name).unwrap());
                 let mut config = base_config();
                 config.consume_fuel(true);
                 config.operator_cost(operator_cost(&costs));
@@ -79,13 +80,47 @@ pub fn fuel_engine(name: &str) -> &'static Engine {
         .1
 }
 
-/// `costs` with a function-entry weight of 1, which wasmtime's fuel hard-codes, so that fuel can
-/// be compared for presets that weigh entries differently (every operator weight is kept).
-pub fn with_function_entry_1(costs: &CostTable) -> CostTable {
+/// The largest weight wasmtime's `OperatorCost` can express (its fields are `u8`).
+pub const FUEL_WEIGHT_MAX: u32 = u8::MAX as u32;
+
+/// `costs` as wasmtime's fuel can express it: a function-entry weight of 1 (wasmtime hard-codes
+/// it) and every weight above [`FUEL_WEIGHT_MAX`] lowered to it. Equal to `costs` for
+/// `wasmtime-fuel`; for `default` a table with the same structure and different weights.
+pub fn fuel_comparable(costs: &CostTable) -> CostTable {
     let mut json: serde_json::Value = serde_json::from_str(&costs.to_json()).unwrap();
     json["function_entry"] = 1.into();
-    json["name"] = format!("{}-entry-1", costs.name()).into();
+    json["name"] = format!("{}-as-fuel", costs.name()).into();
+    let clamp = |v: &mut serde_json::Value| {
+        if v.as_u64().is_some_and(|w| w > u64::from(FUEL_WEIGHT_MAX)) {
+            *v = FUEL_WEIGHT_MAX.into();
+        }
+    };
+    clamp(&mut json["default_weight"]);
+    for key in ["operators", "variable"] {
+        if let Some(map) = json[key].as_object_mut() {
+            map.values_mut().for_each(clamp);
+        }
+    }
     CostTable::from_json(&json.to_string()).unwrap()
+}
+
+/// Whether wasmtime's fuel with [`operator_cost`] counts exactly what `costs` counts.
+pub fn fuel_can_express(costs: &CostTable) -> bool {
+    let v = costs.variable();
+    costs.function_entry() == 1
+        && costs.weights().all(|(_, w)| w <= FUEL_WEIGHT_MAX)
+        && [
+            v.memory_copy_per_byte,
+            v.memory_fill_per_byte,
+            v.memory_init_per_byte,
+            v.memory_grow_per_page,
+            v.table_copy_per_element,
+            v.table_fill_per_element,
+            v.table_init_per_element,
+            v.table_grow_per_element,
+        ]
+        .iter()
+        .all(|&w| w <= FUEL_WEIGHT_MAX)
 }
 
 /// The fuel engine for `costs`: a shared one for presets, a new (unticked) one otherwise.
