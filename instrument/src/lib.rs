@@ -56,7 +56,8 @@
 //! nothing at run time. Only the edges that leave the fall-through path carry an adjustment:
 //! a taken `br_if`, a `br`/`br_table` target, the other arm of an `if`, and a loop back-edge
 //! (one add per iteration). This is Knuth–Stevenson edge placement with the fall-through edges
-//! as the spanning tree.
+//! as the spanning tree, except that a `br_if` whose fall-through runs into a call or
+//! `unreachable` (a slow path or a panic) makes its taken edge the tree edge instead.
 
 #![deny(missing_docs)]
 

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, InstrSeqType, UnaryOp, Value};
 use walrus::{
-    ConstExpr, FunctionId, GlobalId, LocalFunction, LocalId, Module, ModuleConfig, ModuleTypes,
-    ValType,
+    ConstExpr, FunctionId, GlobalId, LocalFunction, LocalId, MemoryId, Module, ModuleConfig,
+    ModuleTypes, ValType,
 };
 
 use crate::cost::CostTable;
@@ -161,6 +161,14 @@ fn instrument_scanned(
     let mut corrections: Vec<(u32, u64)> = Vec::new();
     let mut loop_traps: Vec<(u32, u64)> = Vec::new();
     let func_ids: Vec<FunctionId> = module.funcs.iter_local().map(|(id, _)| id).collect();
+    let bounded_memories: Vec<(MemoryId, u64)> = module
+        .memories
+        .iter()
+        .filter_map(|m| {
+            let page = 1u64 << m.page_size_log2.unwrap_or(16).min(16);
+            Some((m.id(), m.maximum?.saturating_mul(page)))
+        })
+        .collect();
     let mut seqs: Vec<SeqFacts> = Vec::new();
     let walrus::Module {
         funcs,
@@ -185,6 +193,7 @@ fn instrument_scanned(
             grow_result: None,
             budget_local: None,
             seqs: &mut seqs,
+            bounded_memories: &bounded_memories,
             has_calls: false,
             needs_scratch: false,
             stats: &mut stats,
@@ -584,6 +593,10 @@ struct SeqFacts {
     targeted: bool,
     /// The consequent of an `if` whose alternative (rather than consequent) is prepaid.
     prepaid_alternative: bool,
+    /// A branch to this label cannot be folded by Cranelift into a conditional trap: the code
+    /// it lands on starts with a side effect that is not a certain trap (see
+    /// [`continuation_cannot_fold`]).
+    cont_cannot_fold: bool,
 }
 
 /// What kind of construct an instruction sequence is the body of.
@@ -615,6 +628,8 @@ struct FunctionPass<'a> {
     budget_local: Option<LocalId>,
     /// What the pass knows about each sequence of the function, by its index.
     seqs: &'a mut Vec<SeqFacts>,
+    /// The memories that have a maximum, with that maximum in bytes.
+    bounded_memories: &'a [(MemoryId, u64)],
     /// Some instruction calls (or tail-calls).
     has_calls: bool,
     /// Some instruction needs the scratch locals (a bulk operation, `memory.grow`).
@@ -710,6 +725,70 @@ fn never_traps(instr: &Instr) -> bool {
     }
 }
 
+/// Whether the straight-line path `rest` (what follows a `br_if` in its sequence) reaches a call
+/// or `unreachable` before any control flow.
+fn fall_through_is_cold(rest: &[(Instr, InstrLocId)]) -> bool {
+    for (instr, _) in rest {
+        if is_call(instr) || matches!(instr, Instr::Unreachable(_)) {
+            return true;
+        }
+        if is_terminator(instr)
+            || matches!(
+                instr,
+                Instr::Block(_)
+                    | Instr::Loop(_)
+                    | Instr::IfElse(_)
+                    | Instr::BrIf(_)
+                    | Instr::BrTable(_)
+            )
+        {
+            return false;
+        }
+    }
+    false
+}
+
+/// Whether the code after a construct (`rest`, in its parent sequence) starts with a side effect
+/// that is not a certain trap, so that Cranelift cannot turn a branch there into a conditional
+/// trap carrying the branch's location (a branch with no adjustment on its edge has no store
+/// before it lands). A global store or a call qualifies, and a memory access unless a constant
+/// was pushed before it (its address could then be known out of bounds) or its memory's maximum
+/// is below its static offset (`bounded` lists the memories with a maximum, in bytes); anything
+/// else does not. At the end of the sequence the answer is `at_end`, that of the sequence's own
+/// continuation.
+fn continuation_cannot_fold(
+    rest: &[(Instr, InstrLocId)],
+    bounded: &[(MemoryId, u64)],
+    at_end: bool,
+) -> bool {
+    let certainly_out_of_bounds = |memory: MemoryId, offset: u64| {
+        bounded
+            .iter()
+            .any(|&(id, bytes)| id == memory && offset.saturating_add(16) > bytes)
+    };
+    let mut constant = false;
+    for (instr, _) in rest {
+        match instr {
+            Instr::GlobalSet(_) => return true,
+            _ if is_call(instr) => return true,
+            Instr::Load(l) => return !constant && !certainly_out_of_bounds(l.memory, l.arg.offset),
+            Instr::Store(st) => {
+                return !constant && !certainly_out_of_bounds(st.memory, st.arg.offset);
+            }
+            Instr::Const(_) => constant = true,
+            Instr::Block(_)
+            | Instr::Loop(_)
+            | Instr::IfElse(_)
+            | Instr::Br(_)
+            | Instr::BrIf(_)
+            | Instr::BrTable(_) => return false,
+            _ if never_traps(instr) => {}
+            _ => return false,
+        }
+    }
+    at_end
+}
+
 /// See [`FunctionPass::if_traps`].
 #[derive(Default)]
 struct IfTraps {
@@ -724,6 +803,8 @@ impl FunctionPass<'_> {
         let entry = self.func.entry_block();
         self.stats.functions += 1;
         self.classify(entry, Construct::Entry);
+        // A branch to the function's label returns.
+        self.facts(entry).cont_cannot_fold = true;
         let body = self.plan(entry, 0)?;
         let prepay = body
             .checked_add(self.costs.function_entry())
@@ -870,6 +951,7 @@ impl FunctionPass<'_> {
         // Taken out while its nested sequences are planned, put back at the end (an error
         // abandons the whole module, so it need not).
         let instrs = std::mem::take(&mut self.func.block_mut(seq).instrs);
+        let at_end = self.facts_of(seq).cont_cannot_fold;
         let mut phi = vec![0u64; instrs.len() + 1];
         phi[instrs.len()] = cont;
         for (index, (instr, loc)) in instrs.iter().enumerate().rev() {
@@ -878,9 +960,42 @@ impl FunctionPass<'_> {
                 // A call ends the prepaid path: the global is exact when the callee starts, and
                 // the rest is prepaid again when the call returns.
                 _ if is_terminator(instr) || is_call(instr) => 0,
-                Instr::Block(b) => self.plan(b.seq, after)?,
-                Instr::Loop(l) => self.plan(l.seq, after)?,
+                Instr::Block(b) => {
+                    self.facts(b.seq).cont_cannot_fold = continuation_cannot_fold(
+                        &instrs[index + 1..],
+                        self.bounded_memories,
+                        at_end,
+                    );
+                    self.plan(b.seq, after)?
+                }
+                Instr::Loop(l) => {
+                    // Not a branch target's continuation (a branch to a loop lands on its
+                    // start), but that of the sequences its body ends with.
+                    self.facts(l.seq).cont_cannot_fold = continuation_cannot_fold(
+                        &instrs[index + 1..],
+                        self.bounded_memories,
+                        at_end,
+                    );
+                    self.plan(l.seq, after)?
+                }
+                // A `br_if` whose fall-through runs straight into a call or `unreachable` (a
+                // panic, a slow path) is usually taken: pay the adjustment on the fall-through
+                // instead, where it needs no `if` around it (see `rewrite`).
+                Instr::BrIf(b)
+                    if !self.is_loop(b.block)
+                        && self.facts_of(b.block).cont_cannot_fold
+                        && fall_through_is_cold(&instrs[index + 1..]) =>
+                {
+                    self.target_phi(b.block)
+                }
                 Instr::IfElse(e) => {
+                    let cannot_fold = continuation_cannot_fold(
+                        &instrs[index + 1..],
+                        self.bounded_memories,
+                        at_end,
+                    );
+                    self.facts(e.consequent).cont_cannot_fold = cannot_fold;
+                    self.facts(e.alternative).cont_cannot_fold = cannot_fold;
                     let consequent = self.plan(e.consequent, after)?;
                     let alternative = self.plan(e.alternative, after)?;
                     // Prepay the empty arm of an `if` without `else`, so the common case needs
@@ -1205,6 +1320,7 @@ impl FunctionPass<'_> {
         }
         for (index, (instr, loc)) in old.into_iter().enumerate() {
             let after = phi[index + 1];
+            let weight = self.weights.of(&self.body, loc);
             let flags = self
                 .weights
                 .index(&self.body, loc)
@@ -1278,9 +1394,14 @@ impl FunctionPass<'_> {
                     new.push((instr, loc));
                 }
                 Instr::BrIf(ref b) => {
-                    let delta = self.target_phi(b.block) as i64 - after as i64;
+                    // The count right after the `br_if`, before either edge's adjustment: the
+                    // fall-through's phi, or the target's when `plan` made the taken edge free.
+                    let x = phi[index] - weight;
+                    let delta = self.target_phi(b.block) as i64 - x as i64;
+                    let fall_through = self.adjust(after as i64 - x as i64);
                     if delta == 0 {
                         new.push((instr, loc));
+                        new.extend(plain(fall_through));
                     } else {
                         // br_if L  =>  if (param t*) (result t*) { count += delta; br L }
                         let carried = self.label_types(b.block);
@@ -1470,5 +1591,52 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(out.stats.functions, 1);
+    }
+
+    /// How many `br_if` and `if` operators the module's code has.
+    fn branches(wasm: &[u8]) -> (usize, usize) {
+        let (mut br_ifs, mut ifs) = (0, 0);
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            let wasmparser::Payload::CodeSectionEntry(body) = payload.unwrap() else {
+                continue;
+            };
+            for op in body.get_operators_reader().unwrap() {
+                match op.unwrap() {
+                    wasmparser::Operator::BrIf { .. } => br_ifs += 1,
+                    wasmparser::Operator::If { .. } => ifs += 1,
+                    _ => {}
+                }
+            }
+        }
+        (br_ifs, ifs)
+    }
+
+    #[test]
+    fn a_br_if_around_a_slow_path_keeps_its_taken_edge_free() {
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let module = |after: &str| {
+            wat::parse_str(format!(
+                "(module (memory 1) (func $slow)
+                   (func (param i32) (result i32)
+                     block local.get 0 br_if 0 call $slow end {after}))"
+            ))
+            .unwrap()
+        };
+        // The fall-through calls: the adjustment goes there, the `br_if` stays a `br_if` (the
+        // one `if` is the budget check at the entry of a function that calls).
+        let out = instrument(
+            &module("i32.const 3 i32.const 4 i32.add"),
+            &costs,
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(branches(&out.wasm), (1, 1));
+        // Landing on a load from a constant address, which Cranelift may prove out of bounds
+        // and fold the branch into a trap at the `br_if`: the taken edge keeps its adjustment.
+        let out = instrument(&module("i32.const 8 i32.load"), &costs, &Options::default()).unwrap();
+        assert_eq!(branches(&out.wasm), (0, 2));
+        // A load whose address is not constant cannot be proven out of bounds.
+        let out = instrument(&module("local.get 0 i32.load"), &costs, &Options::default()).unwrap();
+        assert_eq!(branches(&out.wasm), (1, 1));
     }
 }
