@@ -136,6 +136,22 @@ fn accesses_memory(op: &Operator<'_>) -> (bool, bool) {
     }
 }
 
+/// Whether x86-64 has a read-modify-write form that a store of `op(load)` could become: only
+/// integer ALU operations on memory (`add [m], r`), so never for float or vector stores.
+fn has_read_modify_write(store: &Operator<'_>) -> bool {
+    use Operator::*;
+    !matches!(
+        store,
+        F32Store { .. }
+            | F64Store { .. }
+            | V128Store { .. }
+            | V128Store8Lane { .. }
+            | V128Store16Lane { .. }
+            | V128Store32Lane { .. }
+            | V128Store64Lane { .. }
+    )
+}
+
 fn is_load(op: &Operator<'_>, pops: u32, pushes: u32) -> bool {
     crate::cost::has_memarg(op) && pushes == 1 && pops == 1
 }
@@ -431,9 +447,10 @@ impl<'a> Body<'a> {
             if memory {
                 // A loaded or computed address can be folded into the access; so can a stored
                 // value computed from a load (a read-modify-write), but not a loaded value
-                // stored as is.
+                // stored as is, nor a float or vector value (x86-64 has no read-modify-write
+                // form for them).
                 let is_address = !address_first || index == 0;
-                if is_address || !direct {
+                if is_address || (!direct && has_read_modify_write(op)) {
                     fence = true;
                 }
             } else if ends && !direct {
@@ -471,5 +488,22 @@ mod tests {
             "(module (memory 1) (func (export \"f\") (result i32) i32.const 65536 i32.load i32.load))",
         );
         assert_eq!(s.fences_placed, 1);
+    }
+
+    #[test]
+    fn only_an_integer_read_modify_write_is_fenced() {
+        let rmw = |ty: &str| {
+            stats(&format!(
+                "(module (memory 1) (func (export \"f\") (param i32)
+                   local.get 0 local.get 0 {ty}.load {ty}.const 1 {ty}.add {ty}.store))"
+            ))
+            .fences_placed
+        };
+        // `add [m], r` exists for integers: the load could be folded into the store.
+        assert_eq!(rmw("i32"), 1);
+        assert_eq!(rmw("i64"), 1);
+        // Not for floats: the load can only be folded into the add, whose offset has an entry.
+        assert_eq!(rmw("f32"), 0);
+        assert_eq!(rmw("f64"), 0);
     }
 }
