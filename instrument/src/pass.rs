@@ -595,7 +595,7 @@ struct SeqFacts {
     prepaid_alternative: bool,
     /// A branch to this label cannot be folded by Cranelift into a conditional trap: the code
     /// it lands on starts with a side effect that is not a certain trap (see
-    /// [`continuation_cannot_fold`]).
+    /// [`FunctionPass::cannot_fold`]).
     cont_cannot_fold: bool,
 }
 
@@ -748,47 +748,6 @@ fn fall_through_is_cold(rest: &[(Instr, InstrLocId)]) -> bool {
     false
 }
 
-/// Whether the code after a construct (`rest`, in its parent sequence) starts with a side effect
-/// that is not a certain trap, so that Cranelift cannot turn a branch there into a conditional
-/// trap carrying the branch's location (a branch with no adjustment on its edge has no store
-/// before it lands). A global store or a call qualifies, and a memory access unless a constant
-/// was pushed before it (its address could then be known out of bounds) or its memory's maximum
-/// is below its static offset (`bounded` lists the memories with a maximum, in bytes); anything
-/// else does not. At the end of the sequence the answer is `at_end`, that of the sequence's own
-/// continuation.
-fn continuation_cannot_fold(
-    rest: &[(Instr, InstrLocId)],
-    bounded: &[(MemoryId, u64)],
-    at_end: bool,
-) -> bool {
-    let certainly_out_of_bounds = |memory: MemoryId, offset: u64| {
-        bounded
-            .iter()
-            .any(|&(id, bytes)| id == memory && offset.saturating_add(16) > bytes)
-    };
-    let mut constant = false;
-    for (instr, _) in rest {
-        match instr {
-            Instr::GlobalSet(_) => return true,
-            _ if is_call(instr) => return true,
-            Instr::Load(l) => return !constant && !certainly_out_of_bounds(l.memory, l.arg.offset),
-            Instr::Store(st) => {
-                return !constant && !certainly_out_of_bounds(st.memory, st.arg.offset);
-            }
-            Instr::Const(_) => constant = true,
-            Instr::Block(_)
-            | Instr::Loop(_)
-            | Instr::IfElse(_)
-            | Instr::Br(_)
-            | Instr::BrIf(_)
-            | Instr::BrTable(_) => return false,
-            _ if never_traps(instr) => {}
-            _ => return false,
-        }
-    }
-    at_end
-}
-
 /// See [`FunctionPass::if_traps`].
 #[derive(Default)]
 struct IfTraps {
@@ -912,6 +871,56 @@ impl FunctionPass<'_> {
         &self.seqs[seq.index()]
     }
 
+    /// Whether the code after a construct (`rest`, in its parent sequence) starts with a side
+    /// effect that is not a certain trap, so that Cranelift cannot turn a branch there into a
+    /// conditional trap carrying the branch's location (a branch with no adjustment on its
+    /// edge has no store before it lands). A global store or a call qualifies, and a memory
+    /// access unless a constant was pushed before it (its address could then be known out of
+    /// bounds) or its memory's maximum is below its static offset; entering a `block` looks
+    /// into it, and an `if` qualifies when both its arms do; anything else does not. At the
+    /// end of `rest` the answer is `at_end`, that of the sequence's own continuation. Only
+    /// called from `plan`, which has already planned every construct in `rest`.
+    fn cannot_fold(&self, rest: &[(Instr, InstrLocId)], at_end: bool) -> bool {
+        self.cannot_fold_from(rest, at_end, false)
+    }
+
+    fn cannot_fold_from(&self, rest: &[(Instr, InstrLocId)], at_end: bool, constant: bool) -> bool {
+        let certainly_out_of_bounds = |memory: MemoryId, offset: u64| {
+            self.bounded_memories
+                .iter()
+                .any(|&(id, bytes)| id == memory && offset.saturating_add(16) > bytes)
+        };
+        let mut constant = constant;
+        for (instr, _) in rest {
+            match instr {
+                Instr::GlobalSet(_) => return true,
+                _ if is_call(instr) => return true,
+                Instr::Load(l) => {
+                    return !constant && !certainly_out_of_bounds(l.memory, l.arg.offset);
+                }
+                Instr::Store(st) => {
+                    return !constant && !certainly_out_of_bounds(st.memory, st.arg.offset);
+                }
+                Instr::Const(_) => constant = true,
+                // `plan` goes backward, so a construct in `rest` already knows its continuation.
+                Instr::Block(b) => {
+                    let after = self.facts_of(b.seq).cont_cannot_fold;
+                    return self.cannot_fold_from(&self.func.block(b.seq).instrs, after, constant);
+                }
+                Instr::IfElse(e) => {
+                    let after = self.facts_of(e.consequent).cont_cannot_fold;
+                    return [e.consequent, e.alternative].iter().all(|&arm| {
+                        self.cannot_fold_from(&self.func.block(arm).instrs, after, constant)
+                    });
+                }
+                Instr::Loop(_) | Instr::Br(_) | Instr::BrIf(_) | Instr::BrTable(_) => return false,
+                _ if never_traps(instr) => {}
+                _ => return false,
+            }
+        }
+        at_end
+    }
+
     fn is_loop(&self, seq: InstrSeqId) -> bool {
         self.seqs.get(seq.index()).is_some_and(|s| s.is_loop)
     }
@@ -961,21 +970,15 @@ impl FunctionPass<'_> {
                 // the rest is prepaid again when the call returns.
                 _ if is_terminator(instr) || is_call(instr) => 0,
                 Instr::Block(b) => {
-                    self.facts(b.seq).cont_cannot_fold = continuation_cannot_fold(
-                        &instrs[index + 1..],
-                        self.bounded_memories,
-                        at_end,
-                    );
+                    self.facts(b.seq).cont_cannot_fold =
+                        self.cannot_fold(&instrs[index + 1..], at_end);
                     self.plan(b.seq, after)?
                 }
                 Instr::Loop(l) => {
                     // Not a branch target's continuation (a branch to a loop lands on its
                     // start), but that of the sequences its body ends with.
-                    self.facts(l.seq).cont_cannot_fold = continuation_cannot_fold(
-                        &instrs[index + 1..],
-                        self.bounded_memories,
-                        at_end,
-                    );
+                    self.facts(l.seq).cont_cannot_fold =
+                        self.cannot_fold(&instrs[index + 1..], at_end);
                     self.plan(l.seq, after)?
                 }
                 // A `br_if` whose fall-through runs straight into a call or `unreachable` (a
@@ -989,11 +992,7 @@ impl FunctionPass<'_> {
                     self.target_phi(b.block)
                 }
                 Instr::IfElse(e) => {
-                    let cannot_fold = continuation_cannot_fold(
-                        &instrs[index + 1..],
-                        self.bounded_memories,
-                        at_end,
-                    );
+                    let cannot_fold = self.cannot_fold(&instrs[index + 1..], at_end);
                     self.facts(e.consequent).cont_cannot_fold = cannot_fold;
                     self.facts(e.alternative).cont_cannot_fold = cannot_fold;
                     let consequent = self.plan(e.consequent, after)?;
@@ -1635,6 +1634,14 @@ mod tests {
         // and fold the branch into a trap at the `br_if`: the taken edge keeps its adjustment.
         let out = instrument(&module("i32.const 8 i32.load"), &costs, &Options::default()).unwrap();
         assert_eq!(branches(&out.wasm), (0, 2));
+        // Looking into a block that follows: its first side effect is what the branch lands on.
+        let out = instrument(
+            &module("block (result i32) local.get 0 i32.load end"),
+            &costs,
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(branches(&out.wasm), (1, 1));
         // A load whose address is not constant cannot be proven out of bounds.
         let out = instrument(&module("local.get 0 i32.load"), &costs, &Options::default()).unwrap();
         assert_eq!(branches(&out.wasm), (1, 1));
