@@ -57,7 +57,8 @@
 //! a taken `br_if`, a `br`/`br_table` target, the other arm of an `if`, and a loop back-edge
 //! (one add per iteration). This is Knuth–Stevenson edge placement with the fall-through edges
 //! as the spanning tree, except that a `br_if` whose fall-through runs into a call or
-//! `unreachable` (a slow path or a panic) makes its taken edge the tree edge instead.
+//! `unreachable` (a slow path or a panic) makes its taken edge the tree edge instead, and a
+//! forward `br` is a tree edge too (the prepaid path continues at its target).
 
 #![deny(missing_docs)]
 

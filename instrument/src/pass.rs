@@ -67,6 +67,11 @@ pub fn instrument(
     })
 }
 
+/// The guard region below which wasmtime 48 (default memory configuration, 64-bit host) elides
+/// bounds checks of 32-bit memories, so that an access is a plain load or store whatever its
+/// address: 32 MiB.
+const GUARD_BYTES_ASSUMED: u64 = 32 << 20;
+
 /// Stack for the pass: enough for [`NESTING_DEPTH_MAX`] levels in an unoptimized build.
 const PASS_STACK_BYTES: usize = 256 * 1024 * 1024;
 
@@ -876,8 +881,9 @@ impl FunctionPass<'_> {
     /// conditional trap carrying the branch's location (a branch with no adjustment on its
     /// edge has no store before it lands). A global store or a call qualifies, and a memory
     /// access unless a constant was pushed before it (its address could then be known out of
-    /// bounds) or its memory's maximum is below its static offset; entering a `block` looks
-    /// into it, and an `if` qualifies when both its arms do; anything else does not. At the
+    /// bounds) or its memory's maximum is below its static offset; entering a `block` or a
+    /// `loop` looks into it, an `if` qualifies when both its arms do, a `br` when its target's
+    /// continuation does, a `br_if` when that and its fall-through do; anything else does not. At the
     /// end of `rest` the answer is `at_end`, that of the sequence's own continuation. Only
     /// called from `plan`, which has already planned every construct in `rest`.
     fn cannot_fold(&self, rest: &[(Instr, InstrLocId)], at_end: bool) -> bool {
@@ -885,10 +891,16 @@ impl FunctionPass<'_> {
     }
 
     fn cannot_fold_from(&self, rest: &[(Instr, InstrLocId)], at_end: bool, constant: bool) -> bool {
+        // wasmtime traps unconditionally when offset + size is above the memory's maximum, and
+        // emits an explicit bounds check (which a constant address could fold) when it is
+        // beyond the guard region its default 4 GiB reservation relies on (32 MiB).
         let certainly_out_of_bounds = |memory: MemoryId, offset: u64| {
-            self.bounded_memories
-                .iter()
-                .any(|&(id, bytes)| id == memory && offset.saturating_add(16) > bytes)
+            let end = offset.saturating_add(16);
+            end > GUARD_BYTES_ASSUMED
+                || self
+                    .bounded_memories
+                    .iter()
+                    .any(|&(id, bytes)| id == memory && end > bytes)
         };
         let mut constant = constant;
         for (instr, _) in rest {
@@ -913,7 +925,23 @@ impl FunctionPass<'_> {
                         self.cannot_fold_from(&self.func.block(arm).instrs, after, constant)
                     });
                 }
-                Instr::Loop(_) | Instr::Br(_) | Instr::BrIf(_) | Instr::BrTable(_) => return false,
+                // Entering a loop runs its body (the budget check placed there starts with a
+                // store on the arm that stops).
+                Instr::Loop(l) => {
+                    let after = self.facts_of(l.seq).cont_cannot_fold;
+                    return self.cannot_fold_from(&self.func.block(l.seq).instrs, after, constant);
+                }
+                // A jump lands on its target's continuation (the target encloses `rest`, so it
+                // was planned first); the start of a loop is not known here.
+                Instr::Br(b) => {
+                    return !self.is_loop(b.block) && self.facts_of(b.block).cont_cannot_fold;
+                }
+                Instr::BrIf(b) => {
+                    if self.is_loop(b.block) || !self.facts_of(b.block).cont_cannot_fold {
+                        return false;
+                    }
+                }
+                Instr::BrTable(_) => return false,
                 _ if never_traps(instr) => {}
                 _ => return false,
             }
@@ -968,6 +996,14 @@ impl FunctionPass<'_> {
             let rest = match instr {
                 // A call ends the prepaid path: the global is exact when the callee starts, and
                 // the rest is prepaid again when the call returns.
+                // A forward `br` continues the prepaid path at its target, like falling out of
+                // a block (a branch to a loop cannot: the loop's start is being computed), where
+                // the target's code cannot let Cranelift fold the jump into a trap.
+                Instr::Br(b)
+                    if !self.is_loop(b.block) && self.facts_of(b.block).cont_cannot_fold =>
+                {
+                    self.target_phi(b.block)
+                }
                 _ if is_terminator(instr) || is_call(instr) => 0,
                 Instr::Block(b) => {
                     self.facts(b.seq).cont_cannot_fold =
@@ -1388,7 +1424,8 @@ impl FunctionPass<'_> {
                     new.push((instr, loc));
                 }
                 Instr::Br(ref b) => {
-                    let delta = self.target_phi(b.block) as i64;
+                    // Nothing when `plan` prepaid through to the target.
+                    let delta = self.target_phi(b.block) as i64 - (phi[index] - weight) as i64;
                     new.extend(plain(self.adjust(delta)));
                     new.push((instr, loc));
                 }
@@ -1645,5 +1682,24 @@ mod tests {
         // A load whose address is not constant cannot be proven out of bounds.
         let out = instrument(&module("local.get 0 i32.load"), &costs, &Options::default()).unwrap();
         assert_eq!(branches(&out.wasm), (1, 1));
+    }
+
+    #[test]
+    fn a_forward_br_prepays_through_to_its_target() {
+        let wasm = wat::parse_str(
+            "(module (memory 1) (global $g (mut i32) (i32.const 0))
+               (func (param i32) (result i32)
+                 block
+                   local.get 0
+                   if i32.const 1 global.set $g br 1 end
+                   i32.const 2 global.set $g
+                 end
+                 local.get 0 i32.load))",
+        )
+        .unwrap();
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let out = instrument(&wasm, &costs, &Options::default()).unwrap();
+        // The entry's prepayment and the `if`'s other arm; nothing at the `br`.
+        assert_eq!(out.stats.counters_placed, 2);
     }
 }
