@@ -1360,7 +1360,10 @@ impl FunctionPass<'_> {
                 .weights
                 .index(&self.body, loc)
                 .map_or(0, |index| self.weights.flags[index]);
-            if flags & Flags::FENCE_BEFORE != 0 {
+            // A back-edge `br_if` is charged right before it (see below): that store fences.
+            let charged_before = matches!(&instr, Instr::BrIf(b)
+                if self.is_loop(b.block) && self.target_phi(b.block) != phi[index] - weight);
+            if flags & Flags::FENCE_BEFORE != 0 && !charged_before {
                 // A memory access that may have absorbed the load before it: the store keeps
                 // Cranelift from merging them (see `merge`).
                 new.extend(plain(self.fence()));
@@ -1437,6 +1440,18 @@ impl FunctionPass<'_> {
                     let fall_through = self.adjust(after as i64 - x as i64);
                     if delta == 0 {
                         new.push((instr, loc));
+                        new.extend(plain(fall_through));
+                    } else if self.is_loop(b.block) {
+                        // A back-edge: charge the iteration before the branch and take it back
+                        // on the exit, which runs once per loop rather than once per iteration;
+                        // the loop then closes with one taken branch, not an `if` and a jump.
+                        // The charge is a store between the condition and the branch, so it
+                        // also serves as the fence a loaded condition would need.
+                        let charge = self.adjust(delta);
+                        new.extend(plain(charge));
+                        new.push((instr, loc));
+                        let undo = self.adjust(-delta);
+                        new.extend(plain(undo));
                         new.extend(plain(fall_through));
                     } else {
                         // br_if L  =>  if (param t*) (result t*) { count += delta; br L }
@@ -1701,5 +1716,20 @@ mod tests {
         let out = instrument(&wasm, &costs, &Options::default()).unwrap();
         // The entry's prepayment and the `if`'s other arm; nothing at the `br`.
         assert_eq!(out.stats.counters_placed, 2);
+    }
+
+    #[test]
+    fn a_loop_closes_with_one_br_if_charged_before_it() {
+        let wasm = wat::parse_str(
+            "(module (func (param i32)
+               loop local.get 0 i32.const 1 i32.sub local.tee 0 br_if 0 end))",
+        )
+        .unwrap();
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let out = instrument(&wasm, &costs, &Options::default()).unwrap();
+        // The back-edge stays a `br_if`; the one `if` is the budget check at the loop's start.
+        assert_eq!(branches(&out.wasm), (1, 1));
+        // Entry, the charge before the back-edge, and its undo on the exit.
+        assert_eq!(out.stats.counters_placed, 3);
     }
 }
