@@ -81,6 +81,22 @@ pub struct VariableCosts {
     pub table_grow_per_element: u32,
 }
 
+impl VariableCosts {
+    /// Every weight, in the order of the fields.
+    pub fn values(&self) -> [u32; 8] {
+        [
+            self.memory_copy_per_byte,
+            self.memory_fill_per_byte,
+            self.memory_init_per_byte,
+            self.memory_grow_per_page,
+            self.table_copy_per_element,
+            self.table_fill_per_element,
+            self.table_init_per_element,
+            self.table_grow_per_element,
+        ]
+    }
+}
+
 /// The serialized form of a cost table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,19 +268,7 @@ impl CostTable {
         };
         feed(self.function_entry);
         self.weights.iter().for_each(|&w| feed(w));
-        let v = &self.variable;
-        for w in [
-            v.memory_copy_per_byte,
-            v.memory_fill_per_byte,
-            v.memory_init_per_byte,
-            v.memory_grow_per_page,
-            v.table_copy_per_element,
-            v.table_fill_per_element,
-            v.table_init_per_element,
-            v.table_grow_per_element,
-        ] {
-            feed(w);
-        }
+        self.variable.values().into_iter().for_each(feed);
         format!("{}@{hash:016x}", self.name)
     }
 

@@ -1673,30 +1673,23 @@ mod tests {
             ))
             .unwrap()
         };
+        let shape = |after: &str| {
+            branches(
+                &instrument(&module(after), &costs, &Options::default())
+                    .unwrap()
+                    .wasm,
+            )
+        };
         // The fall-through calls: the adjustment goes there, the `br_if` stays a `br_if` (the
         // one `if` is the budget check at the entry of a function that calls).
-        let out = instrument(
-            &module("i32.const 3 i32.const 4 i32.add"),
-            &costs,
-            &Options::default(),
-        )
-        .unwrap();
-        assert_eq!(branches(&out.wasm), (1, 1));
+        assert_eq!(shape("i32.const 3 i32.const 4 i32.add"), (1, 1));
         // Landing on a load from a constant address, which Cranelift may prove out of bounds
         // and fold the branch into a trap at the `br_if`: the taken edge keeps its adjustment.
-        let out = instrument(&module("i32.const 8 i32.load"), &costs, &Options::default()).unwrap();
-        assert_eq!(branches(&out.wasm), (0, 2));
+        assert_eq!(shape("i32.const 8 i32.load"), (0, 2));
         // Looking into a block that follows: its first side effect is what the branch lands on.
-        let out = instrument(
-            &module("block (result i32) local.get 0 i32.load end"),
-            &costs,
-            &Options::default(),
-        )
-        .unwrap();
-        assert_eq!(branches(&out.wasm), (1, 1));
+        assert_eq!(shape("block (result i32) local.get 0 i32.load end"), (1, 1));
         // A load whose address is not constant cannot be proven out of bounds.
-        let out = instrument(&module("local.get 0 i32.load"), &costs, &Options::default()).unwrap();
-        assert_eq!(branches(&out.wasm), (1, 1));
+        assert_eq!(shape("local.get 0 i32.load"), (1, 1));
     }
 
     #[test]

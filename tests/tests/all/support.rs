@@ -106,21 +106,13 @@ pub fn fuel_comparable(costs: &CostTable) -> CostTable {
 
 /// Whether wasmtime's fuel with [`operator_cost`] counts exactly what `costs` counts.
 pub fn fuel_can_express(costs: &CostTable) -> bool {
-    let v = costs.variable();
     costs.function_entry() == 1
         && costs.weights().all(|(_, w)| w <= FUEL_WEIGHT_MAX)
-        && [
-            v.memory_copy_per_byte,
-            v.memory_fill_per_byte,
-            v.memory_init_per_byte,
-            v.memory_grow_per_page,
-            v.table_copy_per_element,
-            v.table_fill_per_element,
-            v.table_init_per_element,
-            v.table_grow_per_element,
-        ]
-        .iter()
-        .all(|&w| w <= FUEL_WEIGHT_MAX)
+        && costs
+            .variable()
+            .values()
+            .iter()
+            .all(|&w| w <= FUEL_WEIGHT_MAX)
 }
 
 /// The fuel engine for `costs`: a shared one for presets, a new (unticked) one otherwise.
