@@ -879,13 +879,16 @@ impl FunctionPass<'_> {
     /// Whether the code after a construct (`rest`, in its parent sequence) starts with a side
     /// effect that is not a certain trap, so that Cranelift cannot turn a branch there into a
     /// conditional trap carrying the branch's location (a branch with no adjustment on its
-    /// edge has no store before it lands). A global store or a call qualifies, and a memory
-    /// access unless a constant was pushed before it (its address could then be known out of
-    /// bounds) or its memory's maximum is below its static offset; entering a `block` or a
-    /// `loop` looks into it, an `if` qualifies when both its arms do, a `br` when its target's
-    /// continuation does, a `br_if` when that and its fall-through do; anything else does not. At the
-    /// end of `rest` the answer is `at_end`, that of the sequence's own continuation. Only
-    /// called from `plan`, which has already planned every construct in `rest`.
+    /// edge has no store before it lands).
+    ///
+    /// A global store or a call qualifies, and so does a memory access unless a constant was
+    /// pushed before it (its address could then be known out of bounds), its static offset
+    /// reaches past the memory's maximum, or past [`GUARD_BYTES_ASSUMED`] (wasmtime then
+    /// checks bounds explicitly). Entering a `block` or a `loop` looks into it; an `if`
+    /// qualifies when both its arms do, a `br` when its target's continuation does, a `br_if`
+    /// when that and its fall-through do; anything else does not. At the end of `rest` the
+    /// answer is `at_end`, that of the sequence's own continuation. Only called from `plan`,
+    /// which has already planned every construct in `rest`.
     fn cannot_fold(&self, rest: &[(Instr, InstrLocId)], at_end: bool) -> bool {
         self.cannot_fold_from(rest, at_end, false)
     }
@@ -994,8 +997,6 @@ impl FunctionPass<'_> {
         for (index, (instr, loc)) in instrs.iter().enumerate().rev() {
             let after = phi[index + 1];
             let rest = match instr {
-                // A call ends the prepaid path: the global is exact when the callee starts, and
-                // the rest is prepaid again when the call returns.
                 // A forward `br` continues the prepaid path at its target, like falling out of
                 // a block (a branch to a loop cannot: the loop's start is being computed), where
                 // the target's code cannot let Cranelift fold the jump into a trap.
@@ -1004,6 +1005,8 @@ impl FunctionPass<'_> {
                 {
                     self.target_phi(b.block)
                 }
+                // A call ends the prepaid path: the global is exact when the callee starts, and
+                // the rest is prepaid again when the call returns. Other terminators end it too.
                 _ if is_terminator(instr) || is_call(instr) => 0,
                 Instr::Block(b) => {
                     self.facts(b.seq).cont_cannot_fold =
