@@ -175,6 +175,7 @@ const PRIOR_NS: &[f64] = &[
     10.0, // memory_op: a call into the runtime
     0.05, // bytes: memcpy speed
 ];
+const _: () = assert!(PRIOR_NS.len() == CLASSES.len() + 1);
 
 /// Times and counts every workload (noop excluded).
 fn measure(args: &Args, engine: &wasmtime::Engine, all: &[Workload]) -> anyhow::Result<Vec<Row>> {
@@ -266,7 +267,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     println!("  worst            {worst:.3}");
     let weight_of = |index: usize| rounded[index] as u32;
-    assert_eq!(PRIOR_NS.len(), CLASSES.len() + 1);
     let mut operators = serde_json::Map::new();
     for (name, _) in CostTable::preset("default").context("preset")?.weights() {
         if name == "End" || name == "Else" {

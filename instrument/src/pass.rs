@@ -645,30 +645,25 @@ struct FunctionPass<'a> {
     loop_traps: &'a mut Vec<(u32, u64)>,
 }
 
-fn is_terminator(instr: &Instr) -> bool {
+/// A tail call: a call that also ends the function.
+fn is_tail_call(instr: &Instr) -> bool {
     matches!(
         instr,
-        Instr::Br(_)
-            | Instr::BrTable(_)
-            | Instr::Return(_)
-            | Instr::Unreachable(_)
-            | Instr::ReturnCall(_)
-            | Instr::ReturnCallIndirect(_)
-            | Instr::ReturnCallRef(_)
+        Instr::ReturnCall(_) | Instr::ReturnCallIndirect(_) | Instr::ReturnCallRef(_)
     )
+}
+
+fn is_terminator(instr: &Instr) -> bool {
+    is_tail_call(instr)
+        || matches!(
+            instr,
+            Instr::Br(_) | Instr::BrTable(_) | Instr::Return(_) | Instr::Unreachable(_)
+        )
 }
 
 /// A call or a tail call.
 fn calls(instr: &Instr) -> bool {
-    matches!(
-        instr,
-        Instr::Call(_)
-            | Instr::CallIndirect(_)
-            | Instr::CallRef(_)
-            | Instr::ReturnCall(_)
-            | Instr::ReturnCallIndirect(_)
-            | Instr::ReturnCallRef(_)
-    )
+    is_call(instr) || is_tail_call(instr)
 }
 
 fn is_call(instr: &Instr) -> bool {
