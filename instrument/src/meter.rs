@@ -134,3 +134,14 @@ pub struct Stats {
     /// Output size in bytes.
     pub output_bytes: usize,
 }
+
+impl Stats {
+    /// Adds the counts of one function's pass (the byte sizes are the module's).
+    pub(crate) fn add_function(&mut self, f: &Stats) {
+        self.functions += f.functions;
+        self.basic_blocks += f.basic_blocks;
+        self.counters_placed += f.counters_placed;
+        self.budget_checks_placed += f.budget_checks_placed;
+        self.fences_placed += f.fences_placed;
+    }
+}

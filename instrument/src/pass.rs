@@ -14,10 +14,11 @@
 //! `phi(q) - phi(p')` (with `p'` the point right after the branch), calls hand the callee an
 //! exact count, and a trap at instruction `x` is made exact by subtracting `phi(after x)`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
+use rayon::iter::ParallelIterator;
 use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, InstrSeqType, UnaryOp, Value};
 use walrus::{
     ConstExpr, FunctionId, GlobalId, LocalFunction, LocalId, MemoryId, Module, ModuleConfig,
@@ -159,12 +160,6 @@ fn instrument_scanned(
         exhausted,
         memory,
     };
-    let mut stats = Stats {
-        input_bytes: wasm.len(),
-        ..Stats::default()
-    };
-    let mut corrections: Vec<(u32, u64)> = Vec::new();
-    let mut loop_traps: Vec<(u32, u64)> = Vec::new();
     let func_ids: Vec<FunctionId> = module.funcs.iter_local().map(|(id, _)| id).collect();
     let bounded_memories: Vec<(MemoryId, u64)> = module
         .memories
@@ -174,38 +169,58 @@ fn instrument_scanned(
             Some((m.id(), m.maximum?.saturating_mul(page)))
         })
         .collect();
-    let mut seqs: Vec<SeqFacts> = Vec::new();
-    let walrus::Module {
-        funcs,
-        types,
-        locals,
-        ..
-    } = &mut module;
-    for id in func_ids {
-        let func = funcs.get_mut(id).kind.unwrap_local_mut();
-        let body = weights.body(func.original_range.clone());
-        seqs.clear();
-        let mut pass = FunctionPass {
-            func,
-            types,
-            weights: &weights,
-            body,
-            costs,
-            globals,
-            count: locals.add(ValType::I64),
-            scratch: None,
-            fences: 0,
-            grow_result: None,
-            budget_local: None,
-            seqs: &mut seqs,
-            bounded_memories: &bounded_memories,
-            has_calls: false,
-            needs_scratch: false,
-            stats: &mut stats,
-            corrections: &mut corrections,
-            loop_traps: &mut loop_traps,
-        };
-        pass.run(locals)?;
+    // Every local a function's pass may use is allocated up front (walrus emits only the
+    // locals a function uses), so that the functions can be rewritten in parallel.
+    let pass_locals: HashMap<FunctionId, PassLocals> = func_ids
+        .iter()
+        .map(|&id| {
+            let locals = &mut module.locals;
+            let l = PassLocals {
+                count: locals.add(ValType::I64),
+                budget: locals.add(ValType::I64),
+                scratch: locals.add(ValType::I32),
+                grow_result: locals.add(ValType::I32),
+            };
+            (id, l)
+        })
+        .collect();
+    let walrus::Module { funcs, types, .. } = &mut module;
+    let types = Mutex::new(types);
+    let shared = Shared {
+        types: &types,
+        weights: &weights,
+        costs,
+        globals,
+        bounded_memories: &bounded_memories,
+    };
+    let run = |(id, func): (FunctionId, &mut LocalFunction)| {
+        let mut out = FunctionOutput::default();
+        FunctionPass::new(&shared, func, pass_locals[&id], &mut out).run()?;
+        Ok(out)
+    };
+    // The pass recurses once per nesting level: modules nested deeper than a worker thread's
+    // stack allows stay on this (large-stack) thread.
+    let outputs: Vec<FunctionOutput> = if weights.nesting_depth_max <= INLINE_NESTING_DEPTH_MAX {
+        funcs
+            .par_iter_local_mut()
+            .map(run)
+            .collect::<Result<_, Error>>()?
+    } else {
+        funcs
+            .iter_local_mut()
+            .map(run)
+            .collect::<Result<_, Error>>()?
+    };
+    let mut stats = Stats {
+        input_bytes: wasm.len(),
+        ..Stats::default()
+    };
+    let mut corrections: Vec<(u32, u64)> = Vec::new();
+    let mut loop_traps: Vec<(u32, u64)> = Vec::new();
+    for out in outputs {
+        stats.add_function(&out.stats);
+        corrections.extend(out.corrections);
+        loop_traps.extend(out.loop_traps);
     }
 
     let captured = Arc::new(Mutex::new(Vec::new()));
@@ -613,14 +628,43 @@ enum Construct {
     Arm,
 }
 
-struct FunctionPass<'a> {
+/// What every function's pass reads (and, for block types, adds to).
+struct Shared<'a, 't> {
+    types: &'a Mutex<&'t mut ModuleTypes>,
+    weights: &'a Weights,
+    costs: &'a CostTable,
+    globals: Globals,
+    /// The memories that have a maximum, with that maximum in bytes.
+    bounded_memories: &'a [(MemoryId, u64)],
+}
+
+/// The locals a function's pass may add (allocated before the functions are rewritten).
+#[derive(Clone, Copy)]
+struct PassLocals {
+    count: LocalId,
+    budget: LocalId,
+    scratch: LocalId,
+    grow_result: LocalId,
+}
+
+/// What the pass of one function produces besides the rewritten body.
+#[derive(Default)]
+struct FunctionOutput {
+    stats: Stats,
+    corrections: Vec<(u32, u64)>,
+    /// (loop, correction of the first instruction of its body that can trap).
+    loop_traps: Vec<(u32, u64)>,
+}
+
+struct FunctionPass<'a, 't> {
     func: &'a mut LocalFunction,
-    types: &'a mut ModuleTypes,
+    types: &'a Mutex<&'t mut ModuleTypes>,
     weights: &'a Weights,
     /// The indices of this function's operators in `weights`.
     body: Range<usize>,
     costs: &'a CostTable,
     globals: Globals,
+    locals: PassLocals,
     /// The running count: executed + phi(here).
     count: LocalId,
     /// An i32 scratch local for the operand of a bulk operation.
@@ -632,7 +676,7 @@ struct FunctionPass<'a> {
     /// The budget, read once at function entry when the function has loop checks.
     budget_local: Option<LocalId>,
     /// What the pass knows about each sequence of the function, by its index.
-    seqs: &'a mut Vec<SeqFacts>,
+    seqs: Vec<SeqFacts>,
     /// The memories that have a maximum, with that maximum in bytes.
     bounded_memories: &'a [(MemoryId, u64)],
     /// Some instruction calls (or tail-calls).
@@ -757,8 +801,38 @@ struct IfTraps {
     fence_other: bool,
 }
 
-impl FunctionPass<'_> {
-    fn run(&mut self, locals: &mut walrus::ModuleLocals) -> Result<(), Error> {
+impl<'a, 't> FunctionPass<'a, 't> {
+    fn new(
+        shared: &'a Shared<'a, 't>,
+        func: &'a mut LocalFunction,
+        locals: PassLocals,
+        out: &'a mut FunctionOutput,
+    ) -> Self {
+        let body = shared.weights.body(func.original_range.clone());
+        FunctionPass {
+            func,
+            types: shared.types,
+            weights: shared.weights,
+            body,
+            costs: shared.costs,
+            globals: shared.globals,
+            locals,
+            count: locals.count,
+            scratch: None,
+            fences: 0,
+            grow_result: None,
+            budget_local: None,
+            seqs: Vec::new(),
+            bounded_memories: shared.bounded_memories,
+            has_calls: false,
+            needs_scratch: false,
+            stats: &mut out.stats,
+            corrections: &mut out.corrections,
+            loop_traps: &mut out.loop_traps,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), Error> {
         let entry = self.func.entry_block();
         self.stats.functions += 1;
         self.classify(entry, Construct::Entry);
@@ -774,11 +848,11 @@ impl FunctionPass<'_> {
             || first_loc.is_some_and(|loc| self.weights.has(&self.body, loc, Flags::CALLING_BODY));
         let has_loop_checks = self.seqs.iter().any(|s| s.is_loop && s.targeted);
         if has_loop_checks {
-            self.budget_local = Some(locals.add(ValType::I64));
+            self.budget_local = Some(self.locals.budget);
         }
         if self.needs_scratch {
-            self.scratch = Some(locals.add(ValType::I32));
-            self.grow_result = Some(locals.add(ValType::I32));
+            self.scratch = Some(self.locals.scratch);
+            self.grow_result = Some(self.locals.grow_result);
         }
         self.rewrite(entry)?;
 
@@ -1175,7 +1249,8 @@ impl FunctionPass<'_> {
                 }
             }
             InstrSeqType::MultiValue(ty) => {
-                let ty = self.types.get(ty);
+                let types = self.types.lock().expect("module types lock");
+                let ty = types.get(ty);
                 if is_loop {
                     ty.params().to_vec()
                 } else {
@@ -1324,6 +1399,12 @@ impl FunctionPass<'_> {
         code
     }
 
+    /// The type of a block taking `params` and returning `results`.
+    fn seq_type(&self, params: &[ValType], results: &[ValType]) -> InstrSeqType {
+        let mut types = self.types.lock().expect("module types lock");
+        InstrSeqType::new(&mut types, params, results)
+    }
+
     fn new_seq(&mut self, ty: InstrSeqType, instrs: Vec<Instr>) -> InstrSeqId {
         let id = self.func.builder_mut().dangling_instr_seq(ty).id();
         self.func.block_mut(id).instrs = instrs
@@ -1454,7 +1535,7 @@ impl FunctionPass<'_> {
                     } else {
                         // br_if L  =>  if (param t*) (result t*) { count += delta; br L }
                         let carried = self.label_types(b.block);
-                        let ty = InstrSeqType::new(self.types, &carried, &carried);
+                        let ty = self.seq_type(&carried, &carried);
                         let mut taken = self.adjust(delta);
                         taken.push(Instr::Br(walrus::ir::Br { block: b.block }));
                         let then = self.new_seq(ty, taken);
@@ -1584,7 +1665,7 @@ impl FunctionPass<'_> {
         let carried = self.label_types(default_label);
         let mut params = carried.clone();
         params.push(ValType::I32);
-        let ty = InstrSeqType::new(self.types, &params, &carried);
+        let ty = self.seq_type(&params, &carried);
         let ids: Vec<InstrSeqId> = groups
             .iter()
             .map(|_| self.func.builder_mut().dangling_instr_seq(ty).id())
