@@ -7,6 +7,12 @@ mod server;
 
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: the instrumentation pass and Cranelift allocate
+/// many small objects on several threads, and glibc's arena locks made them contend
+/// (instrumenting regex.wasm: 76 ms with glibc, 62 ms with mimalloc; see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// tally: run WebAssembly functions metered to the instruction, and bill them exactly.

@@ -17,6 +17,12 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than the system allocator: the instrumentation pass and Cranelift allocate
+/// many small objects on several threads, and glibc's arena locks made them contend
+/// (instrumenting regex.wasm: 76 ms with glibc, 62 ms with mimalloc; see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tally-bench", about = "tally's benchmarks")]
 struct Cli {
