@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use rayon::iter::ParallelIterator;
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, InstrSeqType, UnaryOp, Value};
 use walrus::{
     ConstExpr, FunctionId, GlobalId, LocalFunction, LocalId, MemoryId, Module, ModuleConfig,
@@ -364,163 +364,128 @@ impl Weights {
     }
 }
 
-/// Reads every operator once: weights by offset, unsupported operators, nesting depth.
-fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
-    use wasmparser::{Operator, Parser, Payload};
-    let invalid = |e: wasmparser::BinaryReaderError| Error::Invalid(e.to_string());
-    let mut offsets = Vec::new();
-    let mut weights = Vec::new();
-    let mut branched_loops = HashSet::new();
-    let mut calling_bodies = Vec::new();
-    let mut nesting_depth_max = 0usize;
-    let mut code_section_start = 0usize;
-    let mut types = crate::merge::ModuleTypes::default();
-    let mut analysis = crate::merge::Analysis::default();
-    let mut bodies_seen = 0usize;
-    let mut imported_functions = 0usize;
-    for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(invalid)? {
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    types.types.extend(group.map_err(invalid)?.into_types());
-                }
-            }
-            Payload::CodeSectionStart { range, .. } => code_section_start = range.start,
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    types.function_types.push(ty.map_err(invalid)?);
-                }
-            }
-            Payload::Version {
-                encoding: wasmparser::Encoding::Component,
-                ..
-            } => {
-                return Err(Error::Invalid("a component is not a core module".into()));
-            }
-            Payload::MemorySection(reader) => {
-                for memory in reader {
-                    if memory.map_err(invalid)?.memory64 {
-                        return Err(Error::Unsupported("memory64".into()));
+/// The module-level facts the scan needs, and the function bodies in order.
+#[derive(Default)]
+struct Sections<'a> {
+    code_section_start: usize,
+    types: crate::merge::ModuleTypes,
+    imported_functions: usize,
+    /// Each body with its function's type index.
+    bodies: Vec<(wasmparser::FunctionBody<'a>, u32)>,
+}
+
+impl<'a> Sections<'a> {
+    /// Reads the sections up to the first error (what was read before it is kept).
+    fn read(&mut self, wasm: &'a [u8]) -> Result<(), Error> {
+        use wasmparser::{Parser, Payload};
+        let invalid = |e: wasmparser::BinaryReaderError| Error::Invalid(e.to_string());
+        for payload in Parser::new(0).parse_all(wasm) {
+            match payload.map_err(invalid)? {
+                Payload::TypeSection(reader) => {
+                    for group in reader {
+                        self.types
+                            .types
+                            .extend(group.map_err(invalid)?.into_types());
                     }
                 }
-            }
-            Payload::TableSection(reader) => {
-                for table in reader {
-                    if table.map_err(invalid)?.ty.table64 {
-                        return Err(Error::Unsupported("table64".into()));
+                Payload::CodeSectionStart { range, .. } => self.code_section_start = range.start,
+                Payload::FunctionSection(reader) => {
+                    for ty in reader {
+                        self.types.function_types.push(ty.map_err(invalid)?);
                     }
                 }
-            }
-            Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    match import.map_err(invalid)?.ty {
-                        wasmparser::TypeRef::Func(ty) => {
-                            types.function_types.push(ty);
-                            imported_functions += 1;
-                        }
-                        wasmparser::TypeRef::Memory(m) if m.memory64 => {
+                Payload::Version {
+                    encoding: wasmparser::Encoding::Component,
+                    ..
+                } => {
+                    return Err(Error::Invalid("a component is not a core module".into()));
+                }
+                Payload::MemorySection(reader) => {
+                    for memory in reader {
+                        if memory.map_err(invalid)?.memory64 {
                             return Err(Error::Unsupported("memory64".into()));
                         }
-                        wasmparser::TypeRef::Table(t) if t.table64 => {
+                    }
+                }
+                Payload::TableSection(reader) => {
+                    for table in reader {
+                        if table.map_err(invalid)?.ty.table64 {
                             return Err(Error::Unsupported("table64".into()));
                         }
-                        wasmparser::TypeRef::Tag(_) => {
-                            return Err(Error::Unsupported(
-                                "exception handling (tag import)".into(),
-                            ));
-                        }
-                        _ => {}
                     }
                 }
-            }
-            Payload::CodeSectionEntry(body) => {
-                let mut reader = body.get_operators_reader().map_err(invalid)?;
-                let mut depth = 0usize;
-                // (is a loop, offset) for every open block, loop and if.
-                let mut labels: Vec<(bool, u32)> = Vec::new();
-                let first =
-                    u32::try_from(reader.original_position()).expect("module size is limited");
-                let function_type = types
-                    .function_types
-                    .get(imported_functions + bodies_seen)
-                    .copied()
-                    .ok_or_else(|| Error::Invalid("a body without a function".into()))?;
-                bodies_seen += 1;
-                let mut merges = crate::merge::Body::new(&types, function_type);
-                while !reader.eof() {
-                    let offset = reader.original_position();
-                    let op = reader.read().map_err(invalid)?;
-                    let at = u32::try_from(offset).expect("module size is limited");
-                    let mut branch_to = |depth: u32, labels: &Vec<(bool, u32)>| {
-                        if let Some(&(true, loop_at)) = (depth as usize)
-                            .checked_add(1)
-                            .and_then(|d| labels.len().checked_sub(d))
-                            .map(|i| &labels[i])
-                        {
-                            branched_loops.insert(loop_at);
-                        }
-                    };
-                    match &op {
-                        Operator::Block { .. } | Operator::If { .. } => labels.push((false, at)),
-                        Operator::Loop { .. } => labels.push((true, at)),
-                        Operator::End => {
-                            labels.pop();
-                        }
-                        Operator::Br { relative_depth } | Operator::BrIf { relative_depth } => {
-                            branch_to(*relative_depth, &labels)
-                        }
-                        Operator::BrTable { targets } => {
-                            branch_to(targets.default(), &labels);
-                            for target in targets.targets() {
-                                branch_to(target.map_err(invalid)?, &labels);
+                Payload::ImportSection(reader) => {
+                    for import in reader.into_imports() {
+                        match import.map_err(invalid)?.ty {
+                            wasmparser::TypeRef::Func(ty) => {
+                                self.types.function_types.push(ty);
+                                self.imported_functions += 1;
                             }
-                        }
-                        Operator::Call { .. }
-                        | Operator::CallIndirect { .. }
-                        | Operator::CallRef { .. }
-                        | Operator::ReturnCall { .. }
-                        | Operator::ReturnCallIndirect { .. }
-                        | Operator::ReturnCallRef { .. } => {
-                            calling_bodies.push(first);
-                        }
-                        _ => {}
-                    }
-                    match &op {
-                        Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
-                            depth += 1;
-                            nesting_depth_max = nesting_depth_max.max(depth);
-                            if depth > NESTING_DEPTH_MAX {
-                                return Err(Error::Limit(format!(
-                                    "blocks are nested more than {NESTING_DEPTH_MAX} deep"
-                                )));
+                            wasmparser::TypeRef::Memory(m) if m.memory64 => {
+                                return Err(Error::Unsupported("memory64".into()));
                             }
+                            wasmparser::TypeRef::Table(t) if t.table64 => {
+                                return Err(Error::Unsupported("table64".into()));
+                            }
+                            wasmparser::TypeRef::Tag(_) => {
+                                return Err(Error::Unsupported(
+                                    "exception handling (tag import)".into(),
+                                ));
+                            }
+                            _ => {}
                         }
-                        Operator::End => depth = depth.saturating_sub(1),
-                        Operator::Try { .. }
-                        | Operator::TryTable { .. }
-                        | Operator::Throw { .. }
-                        | Operator::ThrowRef
-                        | Operator::Rethrow { .. }
-                        | Operator::Delegate { .. }
-                        | Operator::Catch { .. }
-                        | Operator::CatchAll
-                        | Operator::BrOnNull { .. }
-                        | Operator::BrOnNonNull { .. }
-                        | Operator::BrOnCast { .. }
-                        | Operator::BrOnCastFail { .. } => {
-                            return Err(Error::Unsupported(crate::operator_name(&op).into()));
-                        }
-                        _ => {}
                     }
-                    let offset = u32::try_from(offset).expect("module size is limited");
-                    merges.operator(offset, &op, &mut analysis)?;
-                    offsets.push(offset);
-                    weights.push(u32::try_from(costs.weight(&op)).expect("weights are u32"));
                 }
+                Payload::CodeSectionEntry(body) => {
+                    let function_type = self
+                        .types
+                        .function_types
+                        .get(self.imported_functions + self.bodies.len())
+                        .copied()
+                        .ok_or_else(|| Error::Invalid("a body without a function".into()))?;
+                    self.bodies.push((body, function_type));
+                }
+                _ => {}
             }
-            _ => {}
         }
+        Ok(())
     }
+}
+
+/// Reads every operator once: weights by offset, unsupported operators, nesting depth.
+fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
+    let mut sections = Sections::default();
+    let read = sections.read(wasm);
+    let Sections {
+        code_section_start,
+        types,
+        bodies,
+        ..
+    } = sections;
+    // The bodies are independent: scan them in parallel, then report the first error in
+    // module order (a body's before that of a section after it).
+    let scanned: Vec<Result<BodyScan, Error>> = bodies
+        .into_par_iter()
+        .map(|(body, function_type)| scan_body(body, &types, function_type, costs))
+        .collect();
+    let mut offsets = Vec::new();
+    let mut weights = Vec::new();
+    let mut branched_loops = Vec::new();
+    let mut calling_bodies = Vec::new();
+    let mut nesting_depth_max = 0usize;
+    let mut analysis = crate::merge::Analysis::default();
+    for body in scanned {
+        let body = body?;
+        offsets.extend(body.offsets);
+        weights.extend(body.weights);
+        branched_loops.extend(body.branched_loops);
+        calling_bodies.extend(body.calls.then_some(body.first));
+        nesting_depth_max = nesting_depth_max.max(body.nesting_depth_max);
+        analysis.fences.extend(body.analysis.fences);
+        analysis.fences_after.extend(body.analysis.fences_after);
+        analysis.merged.extend(body.analysis.merged);
+    }
+    read?;
     let flags = vec![0; offsets.len()];
     let mut out = Weights {
         offsets,
@@ -539,6 +504,115 @@ fn scan(wasm: &[u8], costs: &CostTable) -> Result<Weights, Error> {
         Flags::MERGED_CONSUMER,
     );
     out.analysis = analysis;
+    Ok(out)
+}
+
+/// What [`scan_body`] found in one function body.
+struct BodyScan {
+    /// Offsets of the body's operators, ascending.
+    offsets: Vec<u32>,
+    weights: Vec<u32>,
+    /// Loops some branch targets.
+    branched_loops: Vec<u32>,
+    /// Some operator calls (or tail-calls).
+    calls: bool,
+    /// The offset of the first operator.
+    first: u32,
+    nesting_depth_max: usize,
+    analysis: crate::merge::Analysis,
+}
+
+fn scan_body(
+    body: wasmparser::FunctionBody<'_>,
+    types: &crate::merge::ModuleTypes,
+    function_type: u32,
+    costs: &CostTable,
+) -> Result<BodyScan, Error> {
+    use wasmparser::Operator;
+    let invalid = |e: wasmparser::BinaryReaderError| Error::Invalid(e.to_string());
+    let mut reader = body.get_operators_reader().map_err(invalid)?;
+    let first = u32::try_from(reader.original_position()).expect("module size is limited");
+    let mut out = BodyScan {
+        offsets: Vec::new(),
+        weights: Vec::new(),
+        branched_loops: Vec::new(),
+        calls: false,
+        first,
+        nesting_depth_max: 0,
+        analysis: crate::merge::Analysis::default(),
+    };
+    let mut depth = 0usize;
+    // (is a loop, offset) for every open block, loop and if.
+    let mut labels: Vec<(bool, u32)> = Vec::new();
+    let mut merges = crate::merge::Body::new(types, function_type);
+    while !reader.eof() {
+        let offset = reader.original_position();
+        let op = reader.read().map_err(invalid)?;
+        let at = u32::try_from(offset).expect("module size is limited");
+        let mut branch_to = |depth: u32, labels: &Vec<(bool, u32)>| {
+            if let Some(&(true, loop_at)) = (depth as usize)
+                .checked_add(1)
+                .and_then(|d| labels.len().checked_sub(d))
+                .map(|i| &labels[i])
+            {
+                out.branched_loops.push(loop_at);
+            }
+        };
+        match &op {
+            Operator::Block { .. } | Operator::If { .. } => labels.push((false, at)),
+            Operator::Loop { .. } => labels.push((true, at)),
+            Operator::End => {
+                labels.pop();
+            }
+            Operator::Br { relative_depth } | Operator::BrIf { relative_depth } => {
+                branch_to(*relative_depth, &labels)
+            }
+            Operator::BrTable { targets } => {
+                branch_to(targets.default(), &labels);
+                for target in targets.targets() {
+                    branch_to(target.map_err(invalid)?, &labels);
+                }
+            }
+            Operator::Call { .. }
+            | Operator::CallIndirect { .. }
+            | Operator::CallRef { .. }
+            | Operator::ReturnCall { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::ReturnCallRef { .. } => out.calls = true,
+            _ => {}
+        }
+        match &op {
+            Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
+                depth += 1;
+                out.nesting_depth_max = out.nesting_depth_max.max(depth);
+                if depth > NESTING_DEPTH_MAX {
+                    return Err(Error::Limit(format!(
+                        "blocks are nested more than {NESTING_DEPTH_MAX} deep"
+                    )));
+                }
+            }
+            Operator::End => depth = depth.saturating_sub(1),
+            Operator::Try { .. }
+            | Operator::TryTable { .. }
+            | Operator::Throw { .. }
+            | Operator::ThrowRef
+            | Operator::Rethrow { .. }
+            | Operator::Delegate { .. }
+            | Operator::Catch { .. }
+            | Operator::CatchAll
+            | Operator::BrOnNull { .. }
+            | Operator::BrOnNonNull { .. }
+            | Operator::BrOnCast { .. }
+            | Operator::BrOnCastFail { .. } => {
+                return Err(Error::Unsupported(crate::operator_name(&op).into()));
+            }
+            _ => {}
+        }
+        merges.operator(at, &op, &mut out.analysis)?;
+        out.offsets.push(at);
+        out.weights
+            .push(u32::try_from(costs.weight(&op)).expect("weights are u32"));
+    }
     Ok(out)
 }
 
