@@ -301,6 +301,86 @@ pub fn handoff_ceiling(producers: usize, per_producer: u64) -> f64 {
     (producers as u64 * per_producer) as f64 / elapsed.as_secs_f64()
 }
 
+/// The ceiling the hand-off puts on [`throughput_async`]: `producers` tokio tasks on
+/// `worker_threads` threads each do `per_producer` round trips to one thread that takes
+/// everything queued, spends `work_per_record` of CPU per record (a busy loop standing in for
+/// the database), then answers each task. Round trips per second. With no work it measures
+/// the queue and the wake-ups alone; with work it says how cheap the writer's record must be
+/// for a given rate on this machine, where the writer shares the cores with the producers.
+pub fn handoff_ceiling_async(
+    producers: usize,
+    per_producer: u64,
+    worker_threads: usize,
+    work_per_record: Duration,
+) -> Result<f64> {
+    use std::sync::{Condvar, Mutex};
+    /// Queued requests, each with its reply, and the writer's wake-up.
+    type Queue = (
+        Mutex<Vec<(u64, tokio::sync::oneshot::Sender<u64>)>>,
+        Condvar,
+    );
+    let queue: Arc<Queue> = Arc::default();
+    let total = producers as u64 * per_producer;
+    let server_queue = Arc::clone(&queue);
+    let server = std::thread::spawn(move || {
+        let (inbox, ready) = &*server_queue;
+        let mut answered = 0;
+        while answered < total {
+            let batch = {
+                let mut queued = inbox.lock().expect("hand-off queue");
+                while queued.is_empty() {
+                    queued = ready.wait(queued).expect("hand-off queue");
+                }
+                std::mem::take(&mut *queued)
+            };
+            let started = Instant::now();
+            let work = work_per_record.saturating_mul(batch.len() as u32);
+            while started.elapsed() < work {
+                std::hint::spin_loop();
+            }
+            answered += batch.len() as u64;
+            for (value, reply) in batch {
+                let _ = reply.send(value + 1);
+            }
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .build()
+        .map_err(|source| crate::Error::Io {
+            what: "starting the benchmark's tokio runtime".into(),
+            source,
+        })?;
+    let start = Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..producers)
+            .map(|_| {
+                let queue = Arc::clone(&queue);
+                tokio::spawn(async move {
+                    let (inbox, ready) = &*queue;
+                    for n in 0..per_producer {
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        {
+                            let mut queued = inbox.lock().expect("hand-off queue");
+                            if queued.is_empty() {
+                                ready.notify_one();
+                            }
+                            queued.push((n, reply));
+                        }
+                        assert_eq!(answer.await.expect("server answers"), n + 1);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("producer task panicked");
+        }
+    });
+    let elapsed = start.elapsed();
+    server.join().expect("hand-off server thread");
+    Ok(total as f64 / elapsed.as_secs_f64())
+}
+
 /// Result of [`aggregation`].
 #[derive(Debug, Clone)]
 pub struct Aggregation {
@@ -529,6 +609,17 @@ pub fn run_all(dir: &Path, quick: bool) -> Result<()> {
         "thread hand-off alone (no database), {PRODUCERS} producers: {:>9.0} round trips/s",
         handoff_ceiling(PRODUCERS, 2_000 * scale)
     );
+    for micros in [0, 2, 3, 4] {
+        let per_second = handoff_ceiling_async(
+            PRODUCERS,
+            2_000 * scale,
+            ASYNC_WORKER_THREADS,
+            Duration::from_micros(micros),
+        )?;
+        println!(
+            "async hand-off (no database), {PRODUCERS} tokio tasks on {ASYNC_WORKER_THREADS} threads, writer busy {micros} µs per record: {per_second:>9.0} round trips/s"
+        );
+    }
     let records = if quick { 100_000 } else { AGGREGATION_RECORDS };
     let aggregation = aggregation(&dir.join("aggregate"), records)?;
     println!(
