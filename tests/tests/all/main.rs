@@ -6,5 +6,6 @@ mod differential;
 mod fixtures;
 mod fuel;
 mod hostile;
+mod parallel;
 mod smith;
 mod support;
