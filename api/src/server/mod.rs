@@ -52,6 +52,10 @@ pub const WALL_MS_MAX_DEFAULT: u64 = 10_000;
 pub const OUTPUT_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Default most invocations running at once (more wait for a slot).
 pub const INVOCATIONS_CONCURRENT_MAX_DEFAULT: usize = 32;
+/// Default most module uploads instrumented and compiled at once (more wait for a slot).
+/// Preparing a module takes about 260 bytes of memory per byte of module at its peak (regex.wasm:
+/// 858 KB, 222 MB), so a 16 MiB upload can take 4 GiB; both steps already use every core.
+pub const UPLOADS_CONCURRENT_MAX_DEFAULT: usize = 2;
 /// Most cached tenant keys (the cache is cleared when full or when a key is revoked).
 pub const KEY_CACHE_ENTRIES_MAX: usize = 10_000;
 /// Most guest arguments plus environment variables of a function.
@@ -81,6 +85,8 @@ pub struct ServerLimits {
     pub output_bytes_max: usize,
     /// Most invocations running at once.
     pub invocations_concurrent_max: usize,
+    /// Most module uploads being instrumented and compiled at once.
+    pub uploads_concurrent_max: usize,
 }
 
 impl Default for ServerLimits {
@@ -93,6 +99,7 @@ impl Default for ServerLimits {
             wall_ms_max: WALL_MS_MAX_DEFAULT,
             output_bytes_max: OUTPUT_BYTES_MAX_DEFAULT,
             invocations_concurrent_max: INVOCATIONS_CONCURRENT_MAX_DEFAULT,
+            uploads_concurrent_max: UPLOADS_CONCURRENT_MAX_DEFAULT,
         }
     }
 }
@@ -120,6 +127,10 @@ impl ServerLimits {
         anyhow::ensure!(
             self.invocations_concurrent_max > 0,
             "--max-concurrency must be positive"
+        );
+        anyhow::ensure!(
+            self.uploads_concurrent_max > 0,
+            "--max-concurrent-uploads must be positive"
         );
         Ok(())
     }
@@ -161,6 +172,9 @@ pub struct ServeArgs {
     /// Most invocations running at once.
     #[arg(long, default_value_t = INVOCATIONS_CONCURRENT_MAX_DEFAULT)]
     pub max_concurrency: usize,
+    /// Most module uploads instrumented and compiled at once (more wait for a slot).
+    #[arg(long, default_value_t = UPLOADS_CONCURRENT_MAX_DEFAULT)]
+    pub max_concurrent_uploads: usize,
 }
 
 impl ServeArgs {
@@ -173,6 +187,7 @@ impl ServeArgs {
             wall_ms_max: self.max_wall_ms,
             output_bytes_max: self.max_output_bytes,
             invocations_concurrent_max: self.max_concurrency,
+            uploads_concurrent_max: self.max_concurrent_uploads,
         }
     }
 }
@@ -203,6 +218,9 @@ struct Inner {
     keys: Mutex<HashMap<[u8; 32], Tenant>>,
     metrics: metrics::Metrics,
     invoke_slots: tokio::sync::Semaphore,
+    /// Held by an upload from before it is instrumented until it is compiled and stored, also
+    /// when its client goes away meanwhile (the work on the blocking pool does not stop).
+    upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Functions ready to run, by (tenant, name).
@@ -249,6 +267,7 @@ impl AppState {
                 runtime,
                 costs: Arc::new(costs),
                 invoke_slots: tokio::sync::Semaphore::new(limits.invocations_concurrent_max),
+                upload_slots: Arc::new(tokio::sync::Semaphore::new(limits.uploads_concurrent_max)),
                 limits,
                 admin_token_sha256: auth::digest(admin_token),
                 store,

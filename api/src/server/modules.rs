@@ -145,7 +145,13 @@ pub async fn upload_module(
     let tenant = auth.tenant.id;
     let now = state.now_ms();
     let state2 = state.clone();
+    let permit = Arc::clone(&state.inner.upload_slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
     let (module, created) = blocking(move || {
+        // Released when this work is done, not when the request is dropped.
+        let _permit = permit;
         let state = state2;
         let sha: [u8; 32] = Sha256::digest(&wasm).into();
         let cost_table = state.inner.costs.id();

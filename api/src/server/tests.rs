@@ -438,3 +438,27 @@ async fn bad_modules_plans_and_limits_get_their_problem_types() {
         .await;
     assert_eq!(bad_json.problem_type(), "invalid-request");
 }
+
+#[tokio::test]
+async fn uploads_wait_for_a_preparation_slot() {
+    let api = api(ServerLimits {
+        uploads_concurrent_max: 1,
+        ..ServerLimits::default()
+    });
+    let alice = api.tenant_with_key("alice").await;
+    // Another upload holds the only slot: this one waits (and its body stays queued).
+    let held = Arc::clone(&api.state.inner.upload_slots)
+        .acquire_owned()
+        .await
+        .unwrap();
+    let upload = api.call("POST", "/v1/modules", Some(&alice), guest("noop"), &[]);
+    tokio::pin!(upload);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), upload.as_mut()).await;
+    assert!(waited.is_err(), "the upload finished without a slot");
+    assert_eq!(api.state.inner.upload_slots.available_permits(), 0);
+    drop(held);
+    let done = upload.await;
+    assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.json());
+    // The slot is back once the module is stored.
+    assert_eq!(api.state.inner.upload_slots.available_permits(), 1);
+}
