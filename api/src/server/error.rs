@@ -61,6 +61,11 @@ pub enum ApiError {
         /// The limit in bytes.
         limit_bytes: usize,
     },
+    /// The request body did not arrive within the time allowed.
+    BodyTimeout {
+        /// The time allowed, in seconds.
+        seconds: u64,
+    },
     /// The bytes are not a module tally can meter and run.
     InvalidModule(String),
     /// A function's limits exceed the server-wide maximums.
@@ -172,6 +177,11 @@ impl ApiError {
                 "body-too-large",
                 "The request body is too large",
             ),
+            BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "The request body did not arrive in time",
+            ),
             InvalidModule(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-module",
@@ -278,6 +288,9 @@ impl ApiError {
             }
             BodyTooLarge { limit_bytes } => {
                 format!("the request body is larger than the limit of {limit_bytes} bytes")
+            }
+            BodyTimeout { seconds } => {
+                format!("the request body did not arrive within {seconds} s")
             }
             InvalidPlan { detail, .. } => detail.clone(),
             GuestFailed(failure) => match &failure.trap {

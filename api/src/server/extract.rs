@@ -27,7 +27,8 @@ pub fn body_rejection(rejection: BytesRejection, limit_bytes: usize) -> ApiError
     }
 }
 
-/// A raw body, limited by the route's `DefaultBodyLimit`.
+/// A raw body, limited by the route's `DefaultBodyLimit` and by [`super::BODY_READ_SECONDS_MAX`]
+/// (a client that sends it too slowly gets `body-timeout` rather than holding the request).
 pub struct RawBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
@@ -38,9 +39,12 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .extensions()
             .get::<BodyLimit>()
             .map_or(0, |limit| limit.0);
-        match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(RawBody(bytes)),
-            Err(rejection) => Err(body_rejection(rejection, limit)),
+        let seconds = super::BODY_READ_SECONDS_MAX;
+        let read = Bytes::from_request(req, state);
+        match tokio::time::timeout(std::time::Duration::from_secs(seconds), read).await {
+            Ok(Ok(bytes)) => Ok(RawBody(bytes)),
+            Ok(Err(rejection)) => Err(body_rejection(rejection, limit)),
+            Err(_) => Err(ApiError::BodyTimeout { seconds }),
         }
     }
 }

@@ -42,6 +42,8 @@ use extract::BodyLimit;
 pub const MODULE_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 /// Default largest request body other than a module (an invocation's stdin, JSON), in bytes.
 pub const BODY_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Longest time a request body may take to arrive (a 16 MiB module at 280 KB/s), in seconds.
+pub const BODY_READ_SECONDS_MAX: u64 = 60;
 /// Default largest op budget of one invocation.
 pub const OPS_PER_INVOCATION_MAX_DEFAULT: u64 = 10_000_000_000;
 /// Default largest linear memory of one invocation, in bytes.

@@ -462,3 +462,58 @@ async fn uploads_wait_for_a_preparation_slot() {
     // The slot is back once the module is stored.
     assert_eq!(api.state.inner.upload_slots.available_permits(), 1);
 }
+
+/// A body that sends its first bytes and then nothing, forever.
+struct Stalled {
+    sent: bool,
+}
+
+impl http_body::Body for Stalled {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.sent {
+            return std::task::Poll::Pending;
+        }
+        self.sent = true;
+        let first = axum::body::Bytes::from_static(b"\0asm\x01\0\0\0");
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_arriving_gets_body_timeout() {
+    let api = api(ServerLimits::default());
+    let key = api.tenant_with_key("slow").await;
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/modules")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::new(Stalled { sent: false }))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let allowed = std::time::Duration::from_secs(super::BODY_READ_SECONDS_MAX);
+    let response = tokio::time::timeout(allowed * 2, api.app.clone().oneshot(request))
+        .await
+        .expect("the server gave up on the body")
+        .unwrap();
+    assert!(started.elapsed() >= allowed);
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    let answer = Answer {
+        status,
+        headers,
+        body,
+    };
+    assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(answer.problem_type(), "body-timeout");
+    assert!(answer.json()["detail"].as_str().unwrap().contains("60 s"));
+}
