@@ -42,6 +42,9 @@ use extract::BodyLimit;
 pub const MODULE_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 /// Default largest request body other than a module (an invocation's stdin, JSON), in bytes.
 pub const BODY_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default longest time a client may take to send a request's headers once its connection is
+/// ready for them (also the longest a keep-alive connection stays idle), in seconds.
+pub const HEADER_READ_SECONDS_DEFAULT: u64 = 30;
 /// Longest time a request body may take to arrive (a 16 MiB module at 280 KB/s), in seconds.
 pub const BODY_READ_SECONDS_MAX: u64 = 60;
 /// Default largest op budget of one invocation.
@@ -177,6 +180,10 @@ pub struct ServeArgs {
     /// Most module uploads instrumented and compiled at once (more wait for a slot).
     #[arg(long, default_value_t = UPLOADS_CONCURRENT_MAX_DEFAULT)]
     pub max_concurrent_uploads: usize,
+    /// Seconds a client may take to send a request's headers (and a keep-alive connection may
+    /// stay idle) before its connection is closed.
+    #[arg(long, default_value_t = HEADER_READ_SECONDS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
 }
 
 impl ServeArgs {
@@ -507,11 +514,59 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stdout.flush()?;
     }
     tracing::info!(data = %args.data.display(), "tally serve listening on {local}");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
+    let header_timeout = std::time::Duration::from_secs(args.header_timeout_secs);
+    serve_connections(listener, router(state), header_timeout, shutdown_signal()).await;
     Ok(())
+}
+
+/// Accepts connections until `shutdown` resolves, then waits for the requests in flight.
+///
+/// Like `axum::serve`, plus what it lacks: a client must send a request's headers within
+/// `header_timeout` of the connection (or its previous response) being ready for them, so
+/// idle and slow-header connections are closed instead of held forever.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Status helper for handlers answering 201.

@@ -986,3 +986,40 @@ fn the_quickstart_runs() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("fib(20) = 6765"), "{stdout}");
 }
+
+/// A connection that sends half a request's headers and then nothing is closed after
+/// `--header-timeout-secs`; one that sends a whole request in time is answered.
+#[test]
+fn slow_headers_are_cut_off() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--header-timeout-secs", "1"]);
+    let address = server.base.trim_start_matches("http://").to_owned();
+
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: tally\r\n").unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // The server closes the connection (end of stream, perhaps after a 408 answer).
+    slow.read_to_end(&mut answer)
+        .expect("the server closed the connection before the client's read timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    let mut prompt = std::net::TcpStream::connect(&address).unwrap();
+    prompt
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    prompt
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    prompt.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+}
