@@ -997,8 +997,10 @@ fn slow_headers_are_cut_off() {
     let address = server.base.trim_start_matches("http://").to_owned();
 
     let mut slow = std::net::TcpStream::connect(&address).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: tally\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: tally\r\n")
+        .unwrap();
     let started = Instant::now();
     let mut answer = Vec::new();
     // The server closes the connection (end of stream, perhaps after a 408 answer).
