@@ -225,13 +225,7 @@ pub fn throughput_async(
 ) -> Result<Throughput> {
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open_with(dir, options)?);
     let fixture = fixture(ledger.as_ref(), "throughput")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
-        .build()
-        .map_err(|source| crate::Error::Io {
-            what: "starting the benchmark's tokio runtime".into(),
-            source,
-        })?;
+    let runtime = producer_runtime(worker_threads)?;
     let start = Instant::now();
     runtime.block_on(async {
         let tasks: Vec<_> = (0..producers)
@@ -262,6 +256,17 @@ pub fn throughput_async(
         records: producers as u64 * per_producer,
         elapsed,
     })
+}
+
+/// The multi-threaded tokio runtime the benchmark's producer tasks run on.
+fn producer_runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .build()
+        .map_err(|source| crate::Error::Io {
+            what: "starting the benchmark's tokio runtime".into(),
+            source,
+        })
 }
 
 /// The ceiling the thread hand-off alone puts on single-record appends: `producers` threads each
@@ -344,13 +349,7 @@ pub fn handoff_ceiling_async(
             }
         }
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
-        .build()
-        .map_err(|source| crate::Error::Io {
-            what: "starting the benchmark's tokio runtime".into(),
-            source,
-        })?;
+    let runtime = producer_runtime(worker_threads)?;
     let start = Instant::now();
     runtime.block_on(async {
         let tasks: Vec<_> = (0..producers)

@@ -24,6 +24,20 @@ struct Answer {
 }
 
 impl Answer {
+    async fn read(response: axum::response::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
@@ -87,17 +101,7 @@ impl Api {
             .oneshot(request.body(Body::from(body.into())).unwrap())
             .await
             .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap()
-            .to_vec();
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer::read(response).await
     }
 
     async fn tenant_with_key(&self, name: &str) -> String {
@@ -502,17 +506,7 @@ async fn a_body_that_stops_arriving_gets_body_timeout() {
         .expect("the server gave up on the body")
         .unwrap();
     assert!(started.elapsed() >= allowed);
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap()
-        .to_vec();
-    let answer = Answer {
-        status,
-        headers,
-        body,
-    };
+    let answer = Answer::read(response).await;
     assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT);
     assert_eq!(answer.problem_type(), "body-timeout");
     assert!(answer.json()["detail"].as_str().unwrap().contains("60 s"));
