@@ -450,11 +450,22 @@ async fn uploads_wait_for_a_preparation_slot() {
         ..ServerLimits::default()
     });
     let alice = api.tenant_with_key("alice").await;
-    // Another upload holds the only slot: this one waits (and its body stays queued).
+    let first = api
+        .call("POST", "/v1/modules", Some(&alice), guest("fib"), &[])
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // Another upload holds the only slot: a new module waits (and its body stays queued)...
     let held = Arc::clone(&api.state.inner.upload_slots)
         .acquire_owned()
         .await
         .unwrap();
+    // ...but a module stored before is answered at once.
+    let again = api.call("POST", "/v1/modules", Some(&alice), guest("fib"), &[]);
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), again)
+        .await
+        .expect("a known module waited for a slot");
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["id"], first.json()["id"]);
     let upload = api.call("POST", "/v1/modules", Some(&alice), guest("noop"), &[]);
     tokio::pin!(upload);
     let waited = tokio::time::timeout(std::time::Duration::from_millis(300), upload.as_mut()).await;
