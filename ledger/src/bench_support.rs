@@ -225,48 +225,54 @@ pub fn throughput_async(
 ) -> Result<Throughput> {
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open_with(dir, options)?);
     let fixture = fixture(ledger.as_ref(), "throughput")?;
-    let runtime = producer_runtime(worker_threads)?;
-    let start = Instant::now();
-    runtime.block_on(async {
-        let tasks: Vec<_> = (0..producers)
-            .map(|p| {
-                let ledger = Arc::clone(&ledger);
-                let fixture = fixture.clone();
-                tokio::spawn(async move {
-                    let prefix = format!("p{p:02}");
-                    for n in 0..per_producer {
-                        let mut record =
-                            sample_record(&fixture, &prefix, n, NOVEMBER_2026_START_MS + n as i64);
-                        if keys == KeyOrder::Scattered {
-                            record.idempotency_key = format!("{prefix}-{n:016}");
-                        }
-                        assert!(ledger.append_async(record).await?.created);
-                    }
-                    Ok::<(), crate::Error>(())
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("producer task panicked")?;
+    let elapsed = run_producers(worker_threads, producers, |p| {
+        let ledger = Arc::clone(&ledger);
+        let fixture = fixture.clone();
+        async move {
+            let prefix = format!("p{p:02}");
+            for n in 0..per_producer {
+                let mut record =
+                    sample_record(&fixture, &prefix, n, NOVEMBER_2026_START_MS + n as i64);
+                if keys == KeyOrder::Scattered {
+                    record.idempotency_key = format!("{prefix}-{n:016}");
+                }
+                assert!(ledger.append_async(record).await?.created);
+            }
+            Ok(())
         }
-        Ok::<(), crate::Error>(())
     })?;
-    let elapsed = start.elapsed();
     Ok(Throughput {
         records: producers as u64 * per_producer,
         elapsed,
     })
 }
 
-/// The multi-threaded tokio runtime the benchmark's producer tasks run on.
-fn producer_runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `producers` tokio tasks, `producer(p)` for each `p`, on a runtime with
+/// `worker_threads` threads, until all have finished; returns how long that took.
+fn run_producers<F>(
+    worker_threads: usize,
+    producers: usize,
+    producer: impl Fn(usize) -> F,
+) -> Result<Duration>
+where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads)
         .build()
         .map_err(|source| crate::Error::Io {
             what: "starting the benchmark's tokio runtime".into(),
             source,
-        })
+        })?;
+    let start = Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..producers).map(|p| tokio::spawn(producer(p))).collect();
+        for task in tasks {
+            task.await.expect("producer task panicked")?;
+        }
+        Ok::<(), crate::Error>(())
+    })?;
+    Ok(start.elapsed())
 }
 
 /// The ceiling the thread hand-off alone puts on single-record appends: `producers` threads each
@@ -349,33 +355,24 @@ pub fn handoff_ceiling_async(
             }
         }
     });
-    let runtime = producer_runtime(worker_threads)?;
-    let start = Instant::now();
-    runtime.block_on(async {
-        let tasks: Vec<_> = (0..producers)
-            .map(|_| {
-                let queue = Arc::clone(&queue);
-                tokio::spawn(async move {
-                    let (inbox, ready) = &*queue;
-                    for n in 0..per_producer {
-                        let (reply, answer) = tokio::sync::oneshot::channel();
-                        {
-                            let mut queued = inbox.lock().expect("hand-off queue");
-                            if queued.is_empty() {
-                                ready.notify_one();
-                            }
-                            queued.push((n, reply));
-                        }
-                        assert_eq!(answer.await.expect("server answers"), n + 1);
+    let elapsed = run_producers(worker_threads, producers, |_| {
+        let queue = Arc::clone(&queue);
+        async move {
+            let (inbox, ready) = &*queue;
+            for n in 0..per_producer {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                {
+                    let mut queued = inbox.lock().expect("hand-off queue");
+                    if queued.is_empty() {
+                        ready.notify_one();
                     }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("producer task panicked");
+                    queued.push((n, reply));
+                }
+                assert_eq!(answer.await.expect("server answers"), n + 1);
+            }
+            Ok(())
         }
-    });
-    let elapsed = start.elapsed();
+    })?;
     server.join().expect("hand-off server thread");
     Ok(total as f64 / elapsed.as_secs_f64())
 }
