@@ -2,7 +2,9 @@
 //! epochs, per workload of the guest suite, in one run.
 //!
 //! Every variant runs the workload's `_start` in a fresh store on its own engine; the plain
-//! engine has neither fuel nor epochs, so the baseline really runs without metering. Variants
+//! engine has neither fuel nor epochs, so the baseline really runs without metering. A fifth
+//! variant runs the instrumented module on the epoch engine: what `tally-runtime` runs with
+//! its default (epoch) deadline checks. Variants
 //! are interleaved and the best of `--runs` is kept. So are `instrument()` and wasmtime's
 //! compilation of the same original module, measured in turn.
 
@@ -137,7 +139,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let uniform_costs = CostTable::preset("wasmtime-fuel").expect("preset");
     let mut rows = Vec::new();
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8}",
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8}",
         "workload",
         "plain ms",
         "tally ms",
@@ -146,6 +148,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "tally×",
         "fuel×",
         "epoch×",
+        "t+e×",
         "instr ms",
         "compile",
         "size×",
@@ -174,8 +177,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let uniform_module = Module::new(&plain_engine, &uniform.wasm)?;
         let fuel_module = Module::new(&fuel_engine, &workload.wasm)?;
         let epoch_module = Module::new(&epoch_engine, &workload.wasm)?;
+        // What the runtime ships: the instrumented module on an engine with epoch deadlines.
+        let tally_epoch_module = Module::new(&epoch_engine, &instrumented.wasm)?;
 
         let (mut plain, mut tally, mut fuel, mut epoch) = (vec![], vec![], vec![], vec![]);
+        let mut tally_epoch = vec![];
         let mut ops = 0;
         let mut uniform_ops = 0;
         for _ in 0..args.runs {
@@ -197,6 +203,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     .0
                     .as_secs_f64(),
             );
+            tally_epoch.push(
+                run_once(
+                    &epoch_engine,
+                    &tally_epoch_module,
+                    &workload.args,
+                    false,
+                    true,
+                )?
+                .0
+                .as_secs_f64(),
+            );
         }
         if let (_, Some(o)) =
             run_once(&plain_engine, &uniform_module, &workload.args, false, false)?
@@ -205,10 +222,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         let (p, t, f, e) = (best(&plain), best(&tally), best(&fuel), best(&epoch));
+        let te = best(&tally_epoch);
         let row = serde_json::json!({
             "workload": workload.name,
             "args": workload.args[1..],
             "plain_ms": p * 1e3, "tally_ms": t * 1e3, "fuel_ms": f * 1e3, "epoch_ms": e * 1e3,
+            "tally_epoch_ms": te * 1e3, "tally_epoch_ratio": te / p,
             "plain_median_ms": median(plain.clone()) * 1e3, "tally_median_ms": median(tally.clone()) * 1e3,
             "tally_ratio": t / p, "fuel_ratio": f / p, "epoch_ratio": e / p,
             "instrument_ms": instrument_ms, "compile_ms": compile_ms,
@@ -222,7 +241,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "basic_blocks": instrumented.stats.basic_blocks,
         });
         println!(
-            "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>6.3} {:>8.4} {:>8.4}",
+            "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>6.3} {:>8.4} {:>8.4}",
             workload.name,
             p * 1e3,
             t * 1e3,
@@ -231,6 +250,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             t / p,
             f / p,
             e / p,
+            te / p,
             instrument_ms,
             compile_ms,
             row["size_ratio"].as_f64().unwrap_or(0.0),
@@ -262,6 +282,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "geomean_tally_ratio": geomean(&ratios("tally_ratio")),
         "geomean_fuel_ratio": geomean(&ratios("fuel_ratio")),
         "geomean_epoch_ratio": geomean(&ratios("epoch_ratio")),
+        "geomean_tally_epoch_ratio": geomean(&ratios("tally_epoch_ratio")),
         "worst_tally_ratio": ratios("tally_ratio").into_iter().fold(0.0, f64::max),
         "ns_per_unit_spread_default": spread("ns_per_unit_default"),
         "ns_per_unit_spread_uniform": spread("ns_per_unit_uniform"),

@@ -30,8 +30,8 @@ mod run;
 
 pub use meter::{MeterReading, exact_ops, memory_ops_integral};
 pub use run::{
-    Invocation, Outcome, POOLING_KEEP_RESIDENT_BYTES_DEFAULT, Prepared, RunOutput, Runtime,
-    RuntimeConfig, UsageReport,
+    DeadlineChecks, EPOCH_TICK_MS, Invocation, Outcome, POOLING_KEEP_RESIDENT_BYTES_DEFAULT,
+    Prepared, RunOutput, Runtime, RuntimeConfig, UsageReport,
 };
 
 /// Why a module could not be prepared or run.

@@ -32,7 +32,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use tally_instrument::CostTable;
 use tally_ledger::{FunctionId, Ledger, ModuleId, SqliteLedger, Tenant, TenantId};
-use tally_runtime::{Prepared, Runtime, RuntimeConfig};
+use tally_runtime::{DeadlineChecks, Prepared, Runtime, RuntimeConfig};
 
 pub use error::ApiError;
 
@@ -92,6 +92,8 @@ pub struct ServerLimits {
     pub invocations_concurrent_max: usize,
     /// Most module uploads being instrumented and compiled at once.
     pub uploads_concurrent_max: usize,
+    /// How the wall-time limit is enforced.
+    pub deadline_checks: DeadlineChecks,
 }
 
 impl Default for ServerLimits {
@@ -105,6 +107,7 @@ impl Default for ServerLimits {
             output_bytes_max: OUTPUT_BYTES_MAX_DEFAULT,
             invocations_concurrent_max: INVOCATIONS_CONCURRENT_MAX_DEFAULT,
             uploads_concurrent_max: UPLOADS_CONCURRENT_MAX_DEFAULT,
+            deadline_checks: DeadlineChecks::Epoch,
         }
     }
 }
@@ -184,6 +187,30 @@ pub struct ServeArgs {
     /// stay idle) before its connection is closed.
     #[arg(long, default_value_t = HEADER_READ_SECONDS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_secs: u64,
+    /// How --max-wall-ms (and a function's max_wall_ms) is enforced: `epoch` checks it in
+    /// compiled code at every loop and function entry, so it stops any guest, at a run-time
+    /// cost; `host-calls` checks it only when the guest calls the host and leaves code that
+    /// never does to its op budget (no run-time cost; for trusted code or small budgets).
+    #[arg(long, value_enum, default_value_t = DeadlineChecksArg::Epoch)]
+    pub deadline_checks: DeadlineChecksArg,
+}
+
+/// The values of `--deadline-checks`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineChecksArg {
+    /// wasmtime epoch interruption.
+    Epoch,
+    /// Only at calls into the host.
+    HostCalls,
+}
+
+impl From<DeadlineChecksArg> for DeadlineChecks {
+    fn from(arg: DeadlineChecksArg) -> DeadlineChecks {
+        match arg {
+            DeadlineChecksArg::Epoch => DeadlineChecks::Epoch,
+            DeadlineChecksArg::HostCalls => DeadlineChecks::HostCalls,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -197,6 +224,7 @@ impl ServeArgs {
             output_bytes_max: self.max_output_bytes,
             invocations_concurrent_max: self.max_concurrency,
             uploads_concurrent_max: self.max_concurrent_uploads,
+            deadline_checks: self.deadline_checks.into(),
         }
     }
 }
@@ -262,6 +290,7 @@ impl AppState {
         // One pooled instance slot per concurrent invocation (the semaphore below caps them),
         // each sized for the server-wide memory maximum.
         let runtime = Runtime::new(&RuntimeConfig {
+            deadline_checks: limits.deadline_checks,
             pooling_instances: u32::try_from(limits.invocations_concurrent_max)
                 .context("too many concurrent invocations")?,
             pooling_memory_bytes: limits.memory_bytes_max,

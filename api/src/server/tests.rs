@@ -522,3 +522,61 @@ async fn a_body_that_stops_arriving_gets_body_timeout() {
     assert_eq!(answer.problem_type(), "body-timeout");
     assert!(answer.json()["detail"].as_str().unwrap().contains("60 s"));
 }
+
+#[tokio::test]
+async fn a_guest_past_its_wall_time_is_stopped_billed_and_answered_with_a_problem() {
+    // Calls the host forever, so either way of checking deadlines stops it.
+    let wasm = wat::parse_str(
+        r#"(module
+             (import "wasi_snapshot_preview1" "clock_time_get"
+               (func $clock (param i32 i64 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "_start")
+               (loop $l
+                 (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 0)))
+                 (br $l))))"#,
+    )
+    .unwrap();
+    for checks in [
+        tally_runtime::DeadlineChecks::Epoch,
+        tally_runtime::DeadlineChecks::HostCalls,
+    ] {
+        let api = api(ServerLimits {
+            deadline_checks: checks,
+            ..ServerLimits::default()
+        });
+        let key = api.tenant_with_key("acme").await;
+        let module = api
+            .call("POST", "/v1/modules", Some(&key), wasm.clone(), &[])
+            .await
+            .json();
+        let body = format!(
+            r#"{{"module":"{}","limits":{{"max_wall_ms":50}}}}"#,
+            module["id"].as_str().unwrap()
+        );
+        let put = api
+            .call("PUT", "/v1/functions/spin", Some(&key), body, &[])
+            .await;
+        assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.json());
+        let answer = api
+            .call("POST", "/v1/functions/spin/invoke", Some(&key), "", &[])
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{checks:?}"
+        );
+        assert_eq!(answer.problem_type(), "deadline-exceeded", "{checks:?}");
+        let usage_id = answer.json()["usage_id"].as_u64().unwrap();
+        let record = api
+            .call("GET", &format!("/v1/usage/{usage_id}"), Some(&key), "", &[])
+            .await
+            .json();
+        assert_eq!(record["outcome"]["kind"], "deadline", "{checks:?}");
+        assert!(record["meters"]["ops"].as_u64().unwrap() > 0, "{checks:?}");
+        assert!(
+            record["meters"]["wall_ns"].as_u64().unwrap() >= 50_000_000,
+            "{checks:?}: {record}"
+        );
+    }
+}
