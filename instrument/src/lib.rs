@@ -38,7 +38,11 @@
 //!   the entry of every function that makes calls. If the executed count at a check is above
 //!   the budget, the module sets `__tally_ops` to that exact count, sets `__tally_exhausted`
 //!   (i32) to 1 and executes `unreachable`. Same module, same input: same count, same point.
-//!   A trap with `__tally_exhausted == 1` is budget exhaustion and nothing else.
+//!   A trap with `__tally_exhausted == 1` is budget exhaustion and nothing else. A bulk
+//!   operation (or `memory.grow`/`table.grow`) with a per-unit cost is checked before it runs:
+//!   if its per-unit cost would take the count above the budget, the run stops there, charged
+//!   the operation's own weight but none of its per-unit cost, so no single operation can
+//!   take the count far past the budget.
 //! * **Memory-time.** `__tally_memory_integral` + `__tally_memory_pages` × (count −
 //!   `__tally_memory_mark`) is the integral of the pages of all memories over the count: after
 //!   every `memory.grow` the module closes the interval that ended there. It depends only on the

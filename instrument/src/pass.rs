@@ -180,6 +180,7 @@ fn instrument_scanned(
                 budget: locals.add(ValType::I64),
                 scratch: locals.add(ValType::I32),
                 grow_result: locals.add(ValType::I32),
+                charged: locals.add(ValType::I64),
             };
             (id, l)
         })
@@ -719,6 +720,8 @@ struct PassLocals {
     budget: LocalId,
     scratch: LocalId,
     grow_result: LocalId,
+    /// The count once a bulk operation's per-unit cost is added (checked before it runs).
+    charged: LocalId,
 }
 
 /// What the pass of one function produces besides the rewritten body.
@@ -950,7 +953,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
             head.push(Instr::LocalSet(walrus::ir::LocalSet { local: budget }));
         }
         if has_calls {
-            head.extend(self.budget_check(body));
+            head.extend(self.budget_check(body, None));
         }
         let seq = self.func.block_mut(entry);
         let old = std::mem::take(&mut seq.instrs);
@@ -1366,8 +1369,10 @@ impl<'a, 't> FunctionPass<'a, 't> {
         ]
     }
 
-    /// Stops the run if the executed count (`count - phi`) is above the budget.
-    fn budget_check(&mut self, phi: u64) -> Vec<Instr> {
+    /// Stops the run if the executed count (`count - phi`) is above the budget, or with
+    /// `ahead = Some(charged)`, if it would be once `charged - count` (the per-unit cost of a
+    /// bulk operation about to run) is added.
+    fn budget_check(&mut self, phi: u64, ahead: Option<LocalId>) -> Vec<Instr> {
         self.stats.budget_checks_placed += 1;
         let executed = |count: LocalId| {
             let mut v = vec![Instr::LocalGet(walrus::ir::LocalGet { local: count })];
@@ -1395,7 +1400,10 @@ impl<'a, 't> FunctionPass<'a, 't> {
         // count > budget + phi (not count - phi > budget): `budget + phi` is loop-invariant, so
         // Cranelift hoists it and a check costs one compare and branch per iteration. Both
         // operands stay below 2^61 (OPS_MAX), so the addition cannot wrap.
-        let mut check = vec![self.get_count()];
+        let mut check = vec![match ahead {
+            Some(charged) => Instr::LocalGet(walrus::ir::LocalGet { local: charged }),
+            None => self.get_count(),
+        }];
         check.push(match self.budget_local {
             Some(local) => Instr::LocalGet(walrus::ir::LocalGet { local }),
             None => Instr::GlobalGet(walrus::ir::GlobalGet {
@@ -1504,7 +1512,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
         let plain = |v: Vec<Instr>| v.into_iter().map(|i| (i, InstrLocId::default()));
 
         if self.facts_of(seq).is_loop && self.facts_of(seq).targeted {
-            new.extend(plain(self.budget_check(phi[0])));
+            new.extend(plain(self.budget_check(phi[0], None)));
         }
         for (index, (instr, loc)) in old.into_iter().enumerate() {
             let after = phi[index + 1];
@@ -1680,13 +1688,18 @@ impl<'a, 't> FunctionPass<'a, 't> {
                         InstrLocId::default(),
                     ));
                     let grows = matches!(instr, Instr::MemoryGrow(_));
-                    new.push((instr, loc));
-                    if grows {
-                        new.extend(plain(self.memory_integral(after)));
-                    }
                     if per_unit == 0 {
+                        new.push((instr, loc));
+                        if grows {
+                            new.extend(plain(self.memory_integral(after)));
+                        }
                         continue;
                     }
+                    // The count with the per-unit cost added, computed before the operation:
+                    // one operation must not take the count far past the budget, so the run
+                    // stops before it if this is above (the operation's own weight is charged,
+                    // as when it traps). length < 2^32 and per_unit <= WEIGHT_MAX: no wrap.
+                    let charged = self.locals.charged;
                     self.stats.counters_placed += 1;
                     new.extend(plain(vec![
                         self.get_count(),
@@ -1701,6 +1714,16 @@ impl<'a, 't> FunctionPass<'a, 't> {
                         Instr::Binop(walrus::ir::Binop {
                             op: BinaryOp::I64Add,
                         }),
+                        Instr::LocalSet(walrus::ir::LocalSet { local: charged }),
+                    ]));
+                    new.extend(plain(self.budget_check(after, Some(charged))));
+                    new.push((instr, loc));
+                    if grows {
+                        new.extend(plain(self.memory_integral(after)));
+                    }
+                    // Reached only if the operation did not trap.
+                    new.extend(plain(vec![
+                        Instr::LocalGet(walrus::ir::LocalGet { local: charged }),
                         Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
                         self.set_ops(),
                     ]));

@@ -12,7 +12,9 @@
 //! * Bulk operations (`memory.copy/fill/init`, `table.copy/fill/init`) and `memory.grow` /
 //!   `table.grow` save their length (or delta) operand in a scratch local with `local.tee` and,
 //!   after the operator *completed*, add `length × per-unit cost`. A bulk operation that traps
-//!   never reaches that addition.
+//!   never reaches that addition. Before the operator (its own weight already charged), if
+//!   `ops + length × per-unit cost` is above the budget, the run stops there like at a budget
+//!   check: one operation cannot take the count far past the budget.
 //! * Budget checks, `if (ops as u64) > (budget as u64) { exhausted = 1; unreachable }`, sit at the
 //!   start of the body of every `loop` that some `br`/`br_if`/`br_table` of the same function
 //!   targets, and at the entry (after the entry charge) of every function that contains a call.
@@ -268,6 +270,24 @@ impl Naive<'_> {
         f.instruction(&Instruction::End);
     }
 
+    /// Before a bulk operation (its own weight already charged):
+    /// `if (ops + length × per_unit) as u64 > budget as u64 { exhausted = 1; unreachable }`.
+    fn check_budget_ahead(&self, f: &mut Function, length: u32, per_unit: u64) {
+        f.instruction(&Instruction::GlobalGet(self.ops_global));
+        f.instruction(&Instruction::LocalGet(length));
+        f.instruction(&Instruction::I64ExtendI32U);
+        f.instruction(&Instruction::I64Const(per_unit as i64));
+        f.instruction(&Instruction::I64Mul);
+        f.instruction(&Instruction::I64Add);
+        f.instruction(&Instruction::GlobalGet(self.budget_global));
+        f.instruction(&Instruction::I64GtU);
+        f.instruction(&Instruction::If(wasm_encoder::BlockType::Empty));
+        f.instruction(&Instruction::I32Const(1));
+        f.instruction(&Instruction::GlobalSet(self.exhausted_global));
+        f.instruction(&Instruction::Unreachable);
+        f.instruction(&Instruction::End);
+    }
+
     /// The per-unit cost of `op`'s length (or delta) operand, if it has one.
     fn variable_cost(&self, op: &Operator<'_>) -> Option<u64> {
         let v = self.costs.variable();
@@ -424,9 +444,10 @@ impl Reencode for Naive<'_> {
             let is_loop = matches!(op, Operator::Loop { .. });
 
             self.charge(&mut f, weight);
-            if variable.is_some() {
+            if let Some(per_unit) = variable {
                 // The length (or delta) is the operator's last operand: on top of the stack.
                 f.instruction(&Instruction::LocalTee(scratch));
+                self.check_budget_ahead(&mut f, scratch, per_unit);
             }
             f.instruction(&self.instruction(op)?);
             if let Some(per_unit) = variable {
