@@ -36,6 +36,11 @@ pub struct Args {
     /// The guest suite directory.
     #[arg(long, default_value = "guests")]
     guests: PathBuf,
+    /// Code layouts per workload for the layout-robust ratio (0: skip it). Each moves every
+    /// function of both the plain and the instrumented module by a different amount (see
+    /// `with_layout`); the ratio is of the mean times over the layouts.
+    #[arg(long, default_value_t = 5)]
+    layouts: usize,
 }
 
 pub struct Workload {
@@ -121,9 +126,75 @@ pub fn run_once(
     Ok((elapsed, ops))
 }
 
+/// `wasm` with one more function, exported as `__bench_layout` and never called: `steps`
+/// stores plus three per `layout`, made larger than every other function, so that walrus emits
+/// it first and every other function's code starts a few bytes later for each `layout` (a
+/// different alignment of each loop), while nothing the workload runs changes.
+fn with_layout(wasm: &[u8], layout: usize) -> anyhow::Result<Vec<u8>> {
+    let mut module = walrus::ModuleConfig::new()
+        .generate_producers_section(false)
+        .parse(wasm)?;
+    let Some(memory) = module.memories.iter().next().map(|m| m.id()) else {
+        return Ok(wasm.to_vec());
+    };
+    let largest = module
+        .funcs
+        .iter_local()
+        .map(|(_, f)| f.size())
+        .max()
+        .unwrap_or(0);
+    let steps = largest / 3 + 1 + 3 * layout as u64;
+    let mut builder = walrus::FunctionBuilder::new(&mut module.types, &[walrus::ValType::I32], &[]);
+    let param = module.locals.add(walrus::ValType::I32);
+    let mut body = builder.func_body();
+    for step in 0..steps {
+        body.local_get(param).local_get(param).store(
+            memory,
+            walrus::ir::StoreKind::I32 { atomic: false },
+            walrus::ir::MemArg {
+                align: 4,
+                offset: (step % 32) * 4,
+            },
+        );
+    }
+    let id = builder.finish(vec![param], &mut module.funcs);
+    module.exports.add("__bench_layout", id);
+    Ok(module.emit_wasm())
+}
+
+/// Best-of-`runs` run times (s) of `plain` and `instrumented` (on the plain engine) under
+/// `layouts` code layouts, interleaved.
+fn layout_times(
+    engine: &Engine,
+    plain: &[u8],
+    instrumented: &[u8],
+    args: &[String],
+    layouts: usize,
+    runs: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut plain_times, mut tally_times) = (Vec::new(), Vec::new());
+    for layout in 0..layouts {
+        let p = Module::new(engine, with_layout(plain, layout)?)?;
+        let t = Module::new(engine, with_layout(instrumented, layout)?)?;
+        let (mut best_p, mut best_t) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..runs.max(1) {
+            best_p = best_p.min(run_once(engine, &p, args, false, false)?.0.as_secs_f64());
+            best_t = best_t.min(run_once(engine, &t, args, false, false)?.0.as_secs_f64());
+        }
+        plain_times.push(best_p);
+        tally_times.push(best_t);
+    }
+    Ok((plain_times, tally_times))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 fn geomean(values: &[f64]) -> f64 {
@@ -139,7 +210,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let uniform_costs = CostTable::preset("wasmtime-fuel").expect("preset");
     let mut rows = Vec::new();
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8}",
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8}",
         "workload",
         "plain ms",
         "tally ms",
@@ -149,6 +220,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "fuel×",
         "epoch×",
         "t+e×",
+        "t×L",
         "instr ms",
         "compile",
         "size×",
@@ -220,6 +292,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         {
             uniform_ops = o;
         }
+        let (layout_plain, layout_tally) = if args.layouts > 0 {
+            layout_times(
+                &plain_engine,
+                &workload.wasm,
+                &instrumented.wasm,
+                &workload.args,
+                args.layouts,
+                args.runs.min(3),
+            )?
+        } else {
+            (vec![], vec![])
+        };
+        let layout_ratios: Vec<f64> = layout_plain
+            .iter()
+            .zip(&layout_tally)
+            .map(|(p, t)| t / p)
+            .collect();
+        // Means, not medians: a workload's times under different layouts are often bimodal.
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let layout_ratio = if args.layouts > 0 {
+            mean(&layout_tally) / mean(&layout_plain)
+        } else {
+            f64::NAN
+        };
         let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         let (p, t, f, e) = (best(&plain), best(&tally), best(&fuel), best(&epoch));
         let te = best(&tally_epoch);
@@ -228,6 +324,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "args": workload.args[1..],
             "plain_ms": p * 1e3, "tally_ms": t * 1e3, "fuel_ms": f * 1e3, "epoch_ms": e * 1e3,
             "tally_epoch_ms": te * 1e3, "tally_epoch_ratio": te / p,
+            "layout_plain_ms": layout_plain.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
+            "layout_tally_ms": layout_tally.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
+            "layout_ratios": layout_ratios, "layout_tally_ratio": layout_ratio,
             "plain_median_ms": median(plain.clone()) * 1e3, "tally_median_ms": median(tally.clone()) * 1e3,
             "tally_ratio": t / p, "fuel_ratio": f / p, "epoch_ratio": e / p,
             "instrument_ms": instrument_ms, "compile_ms": compile_ms,
@@ -241,7 +340,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "basic_blocks": instrumented.stats.basic_blocks,
         });
         println!(
-            "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>6.3} {:>8.4} {:>8.4}",
+            "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>6.3} {:>8.4} {:>8.4}",
             workload.name,
             p * 1e3,
             t * 1e3,
@@ -251,6 +350,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             f / p,
             e / p,
             te / p,
+            layout_ratio,
             instrument_ms,
             compile_ms,
             row["size_ratio"].as_f64().unwrap_or(0.0),
@@ -283,6 +383,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "geomean_fuel_ratio": geomean(&ratios("fuel_ratio")),
         "geomean_epoch_ratio": geomean(&ratios("epoch_ratio")),
         "geomean_tally_epoch_ratio": geomean(&ratios("tally_epoch_ratio")),
+        "geomean_layout_tally_ratio": geomean(&ratios("layout_tally_ratio")),
+        "worst_layout_tally_ratio": ratios("layout_tally_ratio").into_iter().fold(0.0, f64::max),
         "worst_tally_ratio": ratios("tally_ratio").into_iter().fold(0.0, f64::max),
         "ns_per_unit_spread_default": spread("ns_per_unit_default"),
         "ns_per_unit_spread_uniform": spread("ns_per_unit_uniform"),
