@@ -177,7 +177,6 @@ fn instrument_scanned(
             let locals = &mut module.locals;
             let l = PassLocals {
                 count: locals.add(ValType::I64),
-                budget: locals.add(ValType::I64),
                 scratch: locals.add(ValType::I32),
                 grow_result: locals.add(ValType::I32),
                 charged: locals.add(ValType::I64),
@@ -717,7 +716,6 @@ struct Shared<'a, 't> {
 #[derive(Clone, Copy)]
 struct PassLocals {
     count: LocalId,
-    budget: LocalId,
     scratch: LocalId,
     grow_result: LocalId,
     /// The count once a bulk operation's per-unit cost is added (checked before it runs).
@@ -750,8 +748,6 @@ struct FunctionPass<'a, 't> {
     fences: i32,
     /// An i32 scratch local for the result of `memory.grow`.
     grow_result: Option<LocalId>,
-    /// The budget, read once at function entry when the function has loop checks.
-    budget_local: Option<LocalId>,
     /// What the pass knows about each sequence of the function, by its index.
     seqs: Vec<SeqFacts>,
     /// The memories that have a maximum, with that maximum in bytes.
@@ -898,7 +894,6 @@ impl<'a, 't> FunctionPass<'a, 't> {
             scratch: None,
             fences: 0,
             grow_result: None,
-            budget_local: None,
             seqs: Vec::new(),
             bounded_memories: shared.bounded_memories,
             has_calls: false,
@@ -923,10 +918,6 @@ impl<'a, 't> FunctionPass<'a, 't> {
         let first_loc = self.func.block(entry).instrs.first().map(|(_, loc)| *loc);
         let has_calls = self.has_calls
             || first_loc.is_some_and(|loc| self.weights.has(&self.body, loc, Flags::CALLING_BODY));
-        let has_loop_checks = self.seqs.iter().any(|s| s.is_loop && s.targeted);
-        if has_loop_checks {
-            self.budget_local = Some(self.locals.budget);
-        }
         if self.needs_scratch {
             self.scratch = Some(self.locals.scratch);
             self.grow_result = Some(self.locals.grow_result);
@@ -946,12 +937,6 @@ impl<'a, 't> FunctionPass<'a, 't> {
             self.set_ops(),
         ];
         self.stats.counters_placed += 1;
-        if let Some(budget) = self.budget_local {
-            head.push(Instr::GlobalGet(walrus::ir::GlobalGet {
-                global: self.globals.budget,
-            }));
-            head.push(Instr::LocalSet(walrus::ir::LocalSet { local: budget }));
-        }
         if has_calls {
             head.extend(self.budget_check(body, None));
         }
@@ -1397,25 +1382,25 @@ impl<'a, 't> FunctionPass<'a, 't> {
         ]);
         let then = self.new_seq(InstrSeqType::Simple(None), stop);
         let otherwise = self.new_seq(InstrSeqType::Simple(None), vec![]);
-        // count > budget + phi (not count - phi > budget): `budget + phi` is loop-invariant, so
-        // Cranelift hoists it and a check costs one compare and branch per iteration. Both
-        // operands stay below 2^61 (OPS_MAX), so the addition cannot wrap.
+        // count - phi > budget, with the budget read from its global at each check: a load
+        // from the instance that hits the cache, where a local copy of the budget held in a
+        // register through the function raised the register pressure of every loop (and was
+        // spilled and reloaded in the large ones anyway). Over 5 code layouts of the suite
+        // this was 1.096x geomean against 1.116x (docs/benchmarks.md). count >= phi always
+        // (phi is prepaid), so the subtraction cannot wrap.
         let mut check = vec![match ahead {
             Some(charged) => Instr::LocalGet(walrus::ir::LocalGet { local: charged }),
             None => self.get_count(),
         }];
-        check.push(match self.budget_local {
-            Some(local) => Instr::LocalGet(walrus::ir::LocalGet { local }),
-            None => Instr::GlobalGet(walrus::ir::GlobalGet {
-                global: self.globals.budget,
-            }),
-        });
         if phi != 0 {
             check.push(i64_const(phi as i64));
             check.push(Instr::Binop(walrus::ir::Binop {
-                op: BinaryOp::I64Add,
+                op: BinaryOp::I64Sub,
             }));
         }
+        check.push(Instr::GlobalGet(walrus::ir::GlobalGet {
+            global: self.globals.budget,
+        }));
         check.push(Instr::Binop(walrus::ir::Binop {
             op: BinaryOp::I64GtU,
         }));
