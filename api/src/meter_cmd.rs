@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tally_instrument::{CostTable, Options, instrument as instrument_module};
-use tally_runtime::{Invocation, Runtime, RuntimeConfig};
+use tally_runtime::{DeadlineChecks, Invocation, Runtime, RuntimeConfig};
 
 /// Arguments of `tally instrument`.
 #[derive(clap::Args)]
@@ -35,7 +35,8 @@ pub struct RunArgs {
     /// Cap on linear memory, in bytes.
     #[arg(long)]
     max_memory: Option<u64>,
-    /// Wall-clock limit, in milliseconds.
+    /// Wall-clock limit, in milliseconds, enforced with wasmtime's epoch interruption (checks
+    /// in compiled code that cost run time); without it the engine has no epoch checks.
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// A file whose bytes are the guest's stdin.
@@ -115,7 +116,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .with_context(|| format!("instrumenting {}", args.input.display()))?;
-    let runtime = Runtime::new(&RuntimeConfig::default())?;
+    // Epoch checks cost run time (docs/benchmarks.md, "Deadlines"): only when there is a
+    // deadline to enforce.
+    let runtime = Runtime::new(&RuntimeConfig {
+        deadline_checks: if args.timeout_ms.is_some() {
+            DeadlineChecks::Epoch
+        } else {
+            DeadlineChecks::HostCalls
+        },
+        ..RuntimeConfig::default()
+    })?;
     let prepared = runtime.prepare(&instrumented)?;
     let program = args
         .input

@@ -1025,3 +1025,54 @@ fn slow_headers_are_cut_off() {
     prompt.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
 }
+
+/// `tally run` instruments and runs a module, writes the usage report, and exits with the
+/// guest's code or the documented code of the limit that stopped it.
+#[test]
+fn tally_run_exits_with_the_code_of_what_stopped_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let spin = dir.path().join("spin.wasm");
+    std::fs::write(
+        &spin,
+        wat_guest(r#"(func (export "_start") (loop $l (br $l)))"#),
+    )
+    .unwrap();
+    let usage = dir.path().join("usage.json");
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .arg("run")
+            .arg("--usage-json")
+            .arg(&usage)
+            .args(args)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&std::fs::read(&usage).unwrap()).unwrap();
+        std::fs::remove_file(&usage).unwrap();
+        (output, report)
+    };
+
+    let (output, report) = run(&["guests/wasm/fib.wasm", "--", "20"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "fib(20) = 6765\n");
+    assert!(report["ops"].as_u64().unwrap() > 10_000, "{report}");
+
+    // No deadline: the budget alone stops a loop that never calls the host.
+    let spin = spin.to_str().unwrap();
+    let (output, report) = run(&[spin, "--max-ops", "1000000"]);
+    assert_eq!(output.status.code(), Some(137), "{report}");
+    assert!(report["ops"].as_u64().unwrap() > 1_000_000, "{report}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("BudgetExhausted"));
+
+    // A deadline stops it (epoch checks), billed.
+    let started = Instant::now();
+    let (output, report) = run(&[spin, "--timeout-ms", "100"]);
+    assert_eq!(output.status.code(), Some(142), "{report}");
+    assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["wall_ns"].as_u64().unwrap() >= 100_000_000,
+        "{report}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Deadline"));
+}
