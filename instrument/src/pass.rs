@@ -1583,10 +1583,9 @@ impl<'a, 't> FunctionPass<'a, 't> {
                     // fall-through's phi, or the target's when `plan` made the taken edge free.
                     let x = phi[index] - weight;
                     let delta = self.target_phi(b.block) as i64 - x as i64;
-                    let fall_through = self.adjust(after as i64 - x as i64);
                     if delta == 0 {
                         new.push((instr, loc));
-                        new.extend(plain(fall_through));
+                        new.extend(plain(self.adjust(after as i64 - x as i64)));
                     } else if self.is_loop(b.block) {
                         // A back-edge: charge the iteration before the branch and take it back
                         // on the exit, which runs once per loop rather than once per iteration;
@@ -1596,9 +1595,10 @@ impl<'a, 't> FunctionPass<'a, 't> {
                         let charge = self.adjust(delta);
                         new.extend(plain(charge));
                         new.push((instr, loc));
-                        let undo = self.adjust(-delta);
-                        new.extend(plain(undo));
-                        new.extend(plain(fall_through));
+                        // The exit undoes the charge and makes the fall-through's adjustment
+                        // in one add (nothing between them can trap).
+                        let exit = self.adjust(after as i64 - x as i64 - delta);
+                        new.extend(plain(exit));
                     } else {
                         // br_if L  =>  if (param t*) (result t*) { count += delta; br L }
                         let carried = self.label_types(b.block);
