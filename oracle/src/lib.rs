@@ -247,20 +247,25 @@ impl Naive<'_> {
         f.instruction(&Instruction::GlobalSet(self.ops_global));
     }
 
-    /// `ops += (scratch as u64) * per_unit`.
-    fn charge_scratch(&self, f: &mut Function, scratch: u32, per_unit: u64) {
-        f.instruction(&Instruction::GlobalGet(self.ops_global));
+    /// Pushes `(scratch as u64) * per_unit`.
+    fn push_scratch_cost(f: &mut Function, scratch: u32, per_unit: u64) {
         f.instruction(&Instruction::LocalGet(scratch));
         f.instruction(&Instruction::I64ExtendI32U);
         f.instruction(&Instruction::I64Const(per_unit as i64));
         f.instruction(&Instruction::I64Mul);
+    }
+
+    /// `ops += (scratch as u64) * per_unit`.
+    fn charge_scratch(&self, f: &mut Function, scratch: u32, per_unit: u64) {
+        f.instruction(&Instruction::GlobalGet(self.ops_global));
+        Self::push_scratch_cost(f, scratch, per_unit);
         f.instruction(&Instruction::I64Add);
         f.instruction(&Instruction::GlobalSet(self.ops_global));
     }
 
-    /// `if (ops as u64) > (budget as u64) { exhausted = 1; unreachable }`.
-    fn check_budget(&self, f: &mut Function) {
-        f.instruction(&Instruction::GlobalGet(self.ops_global));
+    /// With a count on the stack: `if (count as u64) > (budget as u64) { exhausted = 1;
+    /// unreachable }`.
+    fn stop_above_budget(&self, f: &mut Function) {
         f.instruction(&Instruction::GlobalGet(self.budget_global));
         f.instruction(&Instruction::I64GtU);
         f.instruction(&Instruction::If(wasm_encoder::BlockType::Empty));
@@ -268,24 +273,21 @@ impl Naive<'_> {
         f.instruction(&Instruction::GlobalSet(self.exhausted_global));
         f.instruction(&Instruction::Unreachable);
         f.instruction(&Instruction::End);
+    }
+
+    /// `if (ops as u64) > (budget as u64) { exhausted = 1; unreachable }`.
+    fn check_budget(&self, f: &mut Function) {
+        f.instruction(&Instruction::GlobalGet(self.ops_global));
+        self.stop_above_budget(f);
     }
 
     /// Before a bulk operation (its own weight already charged):
     /// `if (ops + length × per_unit) as u64 > budget as u64 { exhausted = 1; unreachable }`.
     fn check_budget_ahead(&self, f: &mut Function, length: u32, per_unit: u64) {
         f.instruction(&Instruction::GlobalGet(self.ops_global));
-        f.instruction(&Instruction::LocalGet(length));
-        f.instruction(&Instruction::I64ExtendI32U);
-        f.instruction(&Instruction::I64Const(per_unit as i64));
-        f.instruction(&Instruction::I64Mul);
+        Self::push_scratch_cost(f, length, per_unit);
         f.instruction(&Instruction::I64Add);
-        f.instruction(&Instruction::GlobalGet(self.budget_global));
-        f.instruction(&Instruction::I64GtU);
-        f.instruction(&Instruction::If(wasm_encoder::BlockType::Empty));
-        f.instruction(&Instruction::I32Const(1));
-        f.instruction(&Instruction::GlobalSet(self.exhausted_global));
-        f.instruction(&Instruction::Unreachable);
-        f.instruction(&Instruction::End);
+        self.stop_above_budget(f);
     }
 
     /// The per-unit cost of `op`'s length (or delta) operand, if it has one.
