@@ -48,7 +48,8 @@ fn sorted(mut entries: Vec<(u32, u64)>) -> (Vec<u32>, Vec<u64>) {
 fn lookup(offsets: &[u32], corrections: &[u64], module_offset: usize) -> Option<u64> {
     let offset = u32::try_from(module_offset).ok()?;
     let index = offsets.binary_search(&offset).ok()?;
-    Some(corrections[index])
+    // A map read back from disk may be damaged: no entry rather than a panic.
+    corrections.get(index).copied()
 }
 
 impl MeterMap {

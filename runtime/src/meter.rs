@@ -73,10 +73,12 @@ pub fn exact_ops(
             }),
         _ => 0,
     };
-    assert!(
-        correction <= ops,
-        "a trap correction ({correction}) exceeds the count ({ops})"
-    );
+    if correction > ops {
+        // The meter map does not belong to this module: refuse to bill a made-up count.
+        return Err(wasmtime::Error::msg(format!(
+            "a trap correction ({correction}) exceeds the count ({ops}): the meter map does not match the module"
+        )));
+    }
     Ok(MeterReading {
         ops: ops - correction,
         budget_exhausted,

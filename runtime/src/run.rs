@@ -941,6 +941,42 @@ mod tests {
     }
 
     #[test]
+    fn a_meter_map_that_does_not_match_the_module_is_an_error_not_a_panic() {
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#,
+        )
+        .unwrap();
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let mut instrumented = instrument(&wasm, &costs, &Options::default()).unwrap();
+        // A huge correction at every offset, so also at the trap's.
+        let offsets: Vec<u32> = (0..instrumented.wasm.len() as u32).collect();
+        let corrections = vec![1u64 << 40; offsets.len()];
+        instrumented.meter_map = serde_json::from_value(
+            serde_json::json!({"offsets": offsets, "corrections": corrections}),
+        )
+        .unwrap();
+        let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+        let prepared = runtime.prepare(&instrumented).unwrap();
+        let result = runtime.run(&prepared, Invocation::new(vec!["trap".into()]));
+        match result {
+            Err(Error::NotACommand(message)) => assert!(message.contains("meter map"), "{message}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+
+        // A damaged map (fewer corrections than offsets) is no correction, not a panic.
+        instrumented.meter_map = serde_json::from_value(
+            serde_json::json!({"offsets": (0..instrumented.wasm.len() as u32).collect::<Vec<_>>(), "corrections": []}),
+        )
+        .unwrap();
+        let prepared = runtime.prepare(&instrumented).unwrap();
+        let usage = runtime
+            .run(&prepared, Invocation::new(vec!["trap".into()]))
+            .unwrap()
+            .usage;
+        assert!(matches!(usage.outcome, Outcome::Trap { .. }), "{usage:?}");
+    }
+
+    #[test]
     fn warm_instantiates_without_running() {
         let prepared = writer(1, 0);
         RUNTIME.with(|runtime| runtime.warm(&prepared));
