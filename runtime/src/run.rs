@@ -448,8 +448,11 @@ impl Runtime {
 
     /// Instantiates a function once without running `_start` and throws the instance away, so
     /// that the first invocation finds the code, the memory image and a pooled slot warm (e.g.
-    /// right after a restart). A start function, if the module has one, is stopped by a deadline
-    /// of one epoch tick; nothing it does is kept.
+    /// right after a restart). A start function left in the module (not moved out by
+    /// `Options::defer_start`, as `tally serve` does) runs and is thrown away with the instance:
+    /// with [`DeadlineChecks::Epoch`] it is stopped after one epoch tick; with
+    /// [`DeadlineChecks::HostCalls`] at its first call into the host, or else by the module's
+    /// initial budget (`Options::initial_budget`).
     pub fn warm(&self, prepared: &Prepared) {
         let host = Host {
             wasi: WasiCtxBuilder::new().build_p1(),
