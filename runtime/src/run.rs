@@ -41,7 +41,7 @@ pub enum DeadlineChecks {
     /// wasmtime's epoch interruption: compiled code checks the deadline at every loop header
     /// and function entry, so a deadline stops any guest within about [`EPOCH_TICK_MS`]. The
     /// checks cost run time on top of metering (docs/benchmarks.md: 1.31× geometric mean over
-    /// the suite with metering, against 1.11× for metering alone; up to 3.2× on a float loop,
+    /// the suite with metering, against 1.10× for metering alone; up to 3.2× on a float loop,
     /// where the check's out-of-line call makes Cranelift spill).
     #[default]
     Epoch,
