@@ -715,8 +715,11 @@ struct Shared<'a, 't> {
 /// The locals a function's pass may add (allocated before the functions are rewritten).
 #[derive(Clone, Copy)]
 struct PassLocals {
+    /// The running count: executed + phi(here).
     count: LocalId,
+    /// The length (or delta) operand of a bulk operation or a grow.
     scratch: LocalId,
+    /// The result of `memory.grow`.
     grow_result: LocalId,
     /// The count once a bulk operation's per-unit cost is added (checked before it runs).
     charged: LocalId,
@@ -740,22 +743,14 @@ struct FunctionPass<'a, 't> {
     costs: &'a CostTable,
     globals: Globals,
     locals: PassLocals,
-    /// The running count: executed + phi(here).
-    count: LocalId,
-    /// An i32 scratch local for the operand of a bulk operation.
-    scratch: Option<LocalId>,
     /// Fences placed in this function so far.
     fences: i32,
-    /// An i32 scratch local for the result of `memory.grow`.
-    grow_result: Option<LocalId>,
     /// What the pass knows about each sequence of the function, by its index.
     seqs: Vec<SeqFacts>,
     /// The memories that have a maximum, with that maximum in bytes.
     bounded_memories: &'a [(MemoryId, u64)],
     /// Some instruction calls (or tail-calls).
     has_calls: bool,
-    /// Some instruction needs the scratch locals (a bulk operation, `memory.grow`).
-    needs_scratch: bool,
     stats: &'a mut Stats,
     corrections: &'a mut Vec<(u32, u64)>,
     /// (loop, correction of the first instruction of its body that can trap).
@@ -890,14 +885,10 @@ impl<'a, 't> FunctionPass<'a, 't> {
             costs: shared.costs,
             globals: shared.globals,
             locals,
-            count: locals.count,
-            scratch: None,
             fences: 0,
-            grow_result: None,
             seqs: Vec::new(),
             bounded_memories: shared.bounded_memories,
             has_calls: false,
-            needs_scratch: false,
             stats: &mut out.stats,
             corrections: &mut out.corrections,
             loop_traps: &mut out.loop_traps,
@@ -918,10 +909,6 @@ impl<'a, 't> FunctionPass<'a, 't> {
         let first_loc = self.func.block(entry).instrs.first().map(|(_, loc)| *loc);
         let has_calls = self.has_calls
             || first_loc.is_some_and(|loc| self.weights.has(&self.body, loc, Flags::CALLING_BODY));
-        if self.needs_scratch {
-            self.scratch = Some(self.locals.scratch);
-            self.grow_result = Some(self.locals.grow_result);
-        }
         self.rewrite(entry)?;
 
         // Function entry: load the count, prepay the fall-through path, check the budget.
@@ -933,7 +920,9 @@ impl<'a, 't> FunctionPass<'a, 't> {
             Instr::Binop(walrus::ir::Binop {
                 op: BinaryOp::I64Add,
             }),
-            Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+            Instr::LocalTee(walrus::ir::LocalTee {
+                local: self.locals.count,
+            }),
             self.set_ops(),
         ];
         self.stats.counters_placed += 1;
@@ -965,8 +954,6 @@ impl<'a, 't> FunctionPass<'a, 't> {
                 self.facts(l.seq).targeted = true;
             }
             self.has_calls |= calls(instr);
-            self.needs_scratch |=
-                matches!(instr, Instr::MemoryGrow(_)) || self.variable_cost(instr) > 0;
             match instr {
                 Instr::Block(b) => self.classify(b.seq, Construct::Block),
                 Instr::Loop(l) => self.classify(l.seq, Construct::Loop),
@@ -1089,7 +1076,9 @@ impl<'a, 't> FunctionPass<'a, 't> {
 
     /// `local.get count`.
     fn get_count(&self) -> Instr {
-        Instr::LocalGet(walrus::ir::LocalGet { local: self.count })
+        Instr::LocalGet(walrus::ir::LocalGet {
+            local: self.locals.count,
+        })
     }
 
     /// `global.set __tally_ops`.
@@ -1334,7 +1323,9 @@ impl<'a, 't> FunctionPass<'a, 't> {
             Instr::Binop(walrus::ir::Binop {
                 op: BinaryOp::I64Add,
             }),
-            Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+            Instr::LocalTee(walrus::ir::LocalTee {
+                local: self.locals.count,
+            }),
             self.set_ops(),
         ]
     }
@@ -1369,7 +1360,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
             }
             v
         };
-        let mut stop = executed(self.count);
+        let mut stop = executed(self.locals.count);
         stop.extend([
             self.set_ops(),
             Instr::Const(walrus::ir::Const {
@@ -1386,7 +1377,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
         // from the instance that hits the cache, where a local copy of the budget held in a
         // register through the function raised the register pressure of every loop (and was
         // spilled and reloaded in the large ones anyway). Over 5 code layouts of the suite
-        // this was 1.096x geomean against 1.116x (docs/benchmarks.md). count >= phi always
+        // this was 1.092x geomean against 1.113x (docs/benchmarks.md). count >= phi always
         // (phi is prepaid), so the subtraction cannot wrap.
         let mut check = vec![match ahead {
             Some(charged) => Instr::LocalGet(walrus::ir::LocalGet { local: charged }),
@@ -1420,8 +1411,8 @@ impl<'a, 't> FunctionPass<'a, 't> {
     /// where `now = count - phi(after)` is the exact count including the `memory.grow`.
     fn memory_integral(&self, after: u64) -> Vec<Instr> {
         let m = self.globals.memory;
-        let result = self.grow_result.expect("allocated with the scratch local");
-        let delta = self.scratch();
+        let result = self.locals.grow_result;
+        let delta = self.locals.scratch;
         let get = |global| Instr::GlobalGet(walrus::ir::GlobalGet { global });
         let set = |global| Instr::GlobalSet(walrus::ir::GlobalSet { global });
         let op = |op| Instr::Binop(walrus::ir::Binop { op });
@@ -1479,11 +1470,6 @@ impl<'a, 't> FunctionPass<'a, 't> {
             .map(|i| (i, InstrLocId::default()))
             .collect();
         id
-    }
-
-    fn scratch(&self) -> LocalId {
-        self.scratch
-            .expect("scratch local allocated when a variable-cost instruction exists")
     }
 
     /// Rewrites `seq` (and everything nested in it) to keep the invariant.
@@ -1655,11 +1641,15 @@ impl<'a, 't> FunctionPass<'a, 't> {
                             Instr::Binop(walrus::ir::Binop {
                                 op: BinaryOp::I64Add,
                             }),
-                            Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+                            Instr::LocalTee(walrus::ir::LocalTee {
+                                local: self.locals.count,
+                            }),
                             self.set_ops(),
                         ]);
                     } else {
-                        reload.push(Instr::LocalSet(walrus::ir::LocalSet { local: self.count }));
+                        reload.push(Instr::LocalSet(walrus::ir::LocalSet {
+                            local: self.locals.count,
+                        }));
                     }
                     new.extend(plain(reload));
                 }
@@ -1667,7 +1657,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
                     if matches!(other, Instr::MemoryGrow(_)) || self.variable_cost(other) > 0 =>
                 {
                     let per_unit = self.variable_cost(other) as i64;
-                    let scratch = self.scratch();
+                    let scratch = self.locals.scratch;
                     new.push((
                         Instr::LocalTee(walrus::ir::LocalTee { local: scratch }),
                         InstrLocId::default(),
@@ -1709,7 +1699,9 @@ impl<'a, 't> FunctionPass<'a, 't> {
                     // Reached only if the operation did not trap.
                     new.extend(plain(vec![
                         Instr::LocalGet(walrus::ir::LocalGet { local: charged }),
-                        Instr::LocalTee(walrus::ir::LocalTee { local: self.count }),
+                        Instr::LocalTee(walrus::ir::LocalTee {
+                            local: self.locals.count,
+                        }),
                         self.set_ops(),
                     ]));
                 }
