@@ -461,10 +461,32 @@ impl Runtime {
             // A start function that calls the host stops at its first call.
             host_call_deadline: Some(Instant::now()),
         };
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|host| &mut host.limiter);
+        let mut store = self.store(host);
         store.set_epoch_deadline(1);
         let _ = prepared.pre.instantiate(&mut store);
+    }
+
+    /// A store with the memory limiter and the host-call hook: it counts host calls and,
+    /// before and after each, stops the run once `host.host_call_deadline` has passed (the
+    /// count is exact at a call, so a run stopped there is billed exactly).
+    fn store(&self, host: Host) -> Store<Host> {
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        store.call_hook(|mut ctx, hook| {
+            let host = ctx.data_mut();
+            if matches!(hook, CallHook::CallingHost) {
+                host.host_calls += 1;
+            }
+            if matches!(hook, CallHook::CallingHost | CallHook::ReturningFromHost)
+                && host
+                    .host_call_deadline
+                    .is_some_and(|deadline| Instant::now() >= deadline)
+            {
+                return Err(DeadlineExceeded.into());
+            }
+            Ok(())
+        });
+        store
     }
 
     /// Runs `_start` once in a fresh store.
@@ -508,24 +530,7 @@ impl Runtime {
                     .and_then(|d| Instant::now().checked_add(d)),
             },
         };
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|host| &mut host.limiter);
-        store.call_hook(|mut ctx, hook| {
-            let host = ctx.data_mut();
-            if matches!(hook, CallHook::CallingHost) {
-                host.host_calls += 1;
-            }
-            // Before the call and again after it (the call itself may have taken the time).
-            // The count is exact at a call, so a run stopped here is billed exactly.
-            if matches!(hook, CallHook::CallingHost | CallHook::ReturningFromHost)
-                && host
-                    .host_call_deadline
-                    .is_some_and(|deadline| Instant::now() >= deadline)
-            {
-                return Err(DeadlineExceeded.into());
-            }
-            Ok(())
-        });
+        let mut store = self.store(host);
         let ticks = invocation.deadline.map_or(u64::MAX / 2, |d| {
             (d.as_millis() as u64 / EPOCH_TICK_MS).max(1) + 1
         });
@@ -977,6 +982,37 @@ mod tests {
             .unwrap()
             .usage;
         assert!(matches!(usage.outcome, Outcome::Trap { .. }), "{usage:?}");
+    }
+
+    #[test]
+    fn warm_stops_a_start_function_in_either_deadline_mode() {
+        // A start function left in the module that calls the host forever.
+        let wasm = wat::parse_str(
+            r#"(module
+                 (import "wasi_snapshot_preview1" "clock_time_get"
+                   (func $clock (param i32 i64 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (func $forever
+                   (loop $l
+                     (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 0)))
+                     (br $l)))
+                 (start $forever)
+                 (func (export "_start")))"#,
+        )
+        .unwrap();
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let instrumented = instrument(&wasm, &costs, &Options::default()).unwrap();
+        for checks in [DeadlineChecks::Epoch, DeadlineChecks::HostCalls] {
+            let runtime = Runtime::new(&RuntimeConfig {
+                deadline_checks: checks,
+                ..RuntimeConfig::default()
+            })
+            .unwrap();
+            let prepared = runtime.prepare(&instrumented).unwrap();
+            let started = Instant::now();
+            runtime.warm(&prepared);
+            assert!(started.elapsed() < Duration::from_secs(10), "{checks:?}");
+        }
     }
 
     #[test]
