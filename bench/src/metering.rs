@@ -304,18 +304,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         {
             uniform_ops = o;
         }
-        let (layout_plain, layout_tally) = if args.layouts > 0 {
-            layout_times(
-                &plain_engine,
-                &workload.wasm,
-                &instrumented.wasm,
-                &workload.args,
-                args.layouts,
-                args.runs.min(3),
-            )?
-        } else {
-            (vec![], vec![])
-        };
+        let (layout_plain, layout_tally) = layout_times(
+            &plain_engine,
+            &workload.wasm,
+            &instrumented.wasm,
+            &workload.args,
+            args.layouts,
+            args.runs.min(3),
+        )?;
         let layout_ratios: Vec<f64> = layout_plain
             .iter()
             .zip(&layout_tally)
@@ -323,12 +319,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .collect();
         // Times under different layouts are often bimodal (a median jumps between the modes)
         // and now and then far off (sha256's plain module once ran 4x slower in one layout):
-        // the mean of what is left without the fastest and the slowest.
-        let layout_ratio = if args.layouts > 0 {
-            trimmed_mean(&layout_tally) / trimmed_mean(&layout_plain)
-        } else {
-            f64::NAN
-        };
+        // the mean of what is left without the fastest and the slowest (NaN with no layouts).
+        let layout_ratio = trimmed_mean(&layout_tally) / trimmed_mean(&layout_plain);
         let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         let (p, t, f, e) = (best(&plain), best(&tally), best(&fuel), best(&epoch));
         let te = best(&tally_epoch);
