@@ -522,13 +522,8 @@ impl Runtime {
             wasi,
             limiter: Limiter::new(invocation.max_memory_bytes),
             host_calls: 0,
-            host_call_deadline: match self.deadline_checks {
-                DeadlineChecks::Epoch => None,
-                // No deadline where the clock cannot represent it.
-                DeadlineChecks::HostCalls => invocation
-                    .deadline
-                    .and_then(|d| Instant::now().checked_add(d)),
-            },
+            // Set when the run starts, below.
+            host_call_deadline: None,
         };
         let mut store = self.store(host);
         let ticks = invocation.deadline.map_or(u64::MAX / 2, |d| {
@@ -537,6 +532,11 @@ impl Runtime {
         store.set_epoch_deadline(ticks);
 
         let started = Instant::now();
+        if self.deadline_checks == DeadlineChecks::HostCalls {
+            // From the same instant as `wall_ns`; none where the clock cannot represent it.
+            store.data_mut().host_call_deadline =
+                invocation.deadline.and_then(|d| started.checked_add(d));
+        }
         let (result, instance) = match prepared.pre.instantiate(&mut store) {
             Ok(instance) => {
                 let result = set_budget(&mut store, &instance, invocation.max_ops).and_then(|()| {
