@@ -332,28 +332,6 @@ impl Weights {
         }
     }
 
-    /// The index of the operator at `loc`, searched among the indices `body`.
-    fn index(&self, body: &Range<usize>, loc: InstrLocId) -> Option<usize> {
-        if loc.is_default() {
-            return None;
-        }
-        let offsets = &self.offsets[body.clone()];
-        offsets
-            .binary_search(&loc.data())
-            .ok()
-            .map(|index| body.start + index)
-    }
-
-    fn of(&self, body: &Range<usize>, loc: InstrLocId) -> u64 {
-        self.index(body, loc)
-            .map_or(0, |index| u64::from(self.weights[index]))
-    }
-
-    fn has(&self, body: &Range<usize>, loc: InstrLocId, flag: u8) -> bool {
-        self.index(body, loc)
-            .is_some_and(|index| self.flags[index] & flag != 0)
-    }
-
     /// Sets `flag` on the operators at `offsets`.
     fn flag(&mut self, offsets: impl IntoIterator<Item = u32>, flag: u8) {
         for offset in offsets {
@@ -361,6 +339,60 @@ impl Weights {
                 self.flags[index] |= flag;
             }
         }
+    }
+}
+
+/// The operators of one function body, found by their offset in one array access (the pass
+/// looks up every instruction's weight and flags, several times; a binary search each time
+/// was a fifth of the pass's time).
+struct BodyIndex<'a> {
+    weights: &'a Weights,
+    /// The offset of the body's first operator.
+    base: u32,
+    /// For each byte of the body from `base`: 1 + the index in `weights` of the operator that
+    /// starts there, 0 where none does.
+    slots: Vec<u32>,
+}
+
+impl<'a> BodyIndex<'a> {
+    fn new(weights: &'a Weights, body: Range<usize>) -> Self {
+        let offsets = &weights.offsets[body.clone()];
+        let base = offsets.first().copied().unwrap_or(0);
+        let len = offsets.last().map_or(0, |&last| (last - base) as usize + 1);
+        let mut slots = vec![0u32; len];
+        for (index, &offset) in body.zip(offsets) {
+            slots[(offset - base) as usize] =
+                u32::try_from(index + 1).expect("operators are fewer than the module's bytes");
+        }
+        BodyIndex {
+            weights,
+            base,
+            slots,
+        }
+    }
+
+    /// The index in `weights` of the operator at `loc`.
+    fn index(&self, loc: InstrLocId) -> Option<usize> {
+        if loc.is_default() {
+            return None;
+        }
+        let slot = *self
+            .slots
+            .get(loc.data().checked_sub(self.base)? as usize)?;
+        (slot != 0).then(|| slot as usize - 1)
+    }
+
+    fn weight(&self, loc: InstrLocId) -> u64 {
+        self.index(loc)
+            .map_or(0, |index| u64::from(self.weights.weights[index]))
+    }
+
+    fn flags(&self, loc: InstrLocId) -> u8 {
+        self.index(loc).map_or(0, |index| self.weights.flags[index])
+    }
+
+    fn has(&self, loc: InstrLocId, flag: u8) -> bool {
+        self.flags(loc) & flag != 0
     }
 }
 
@@ -737,9 +769,8 @@ struct FunctionOutput {
 struct FunctionPass<'a, 't> {
     func: &'a mut LocalFunction,
     types: &'a Mutex<&'t mut ModuleTypes>,
-    weights: &'a Weights,
-    /// The indices of this function's operators in `weights`.
-    body: Range<usize>,
+    /// The weights and flags of this function's operators.
+    ops: BodyIndex<'a>,
     costs: &'a CostTable,
     globals: Globals,
     locals: PassLocals,
@@ -880,8 +911,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
         FunctionPass {
             func,
             types: shared.types,
-            weights: shared.weights,
-            body,
+            ops: BodyIndex::new(shared.weights, body),
             costs: shared.costs,
             globals: shared.globals,
             locals,
@@ -907,8 +937,8 @@ impl<'a, 't> FunctionPass<'a, 't> {
             .filter(|&p| p < OPS_MAX)
             .ok_or_else(|| Error::Limit("a function's static cost overflows".into()))?;
         let first_loc = self.func.block(entry).instrs.first().map(|(_, loc)| *loc);
-        let has_calls = self.has_calls
-            || first_loc.is_some_and(|loc| self.weights.has(&self.body, loc, Flags::CALLING_BODY));
+        let has_calls =
+            self.has_calls || first_loc.is_some_and(|loc| self.ops.has(loc, Flags::CALLING_BODY));
         self.rewrite(entry)?;
 
         // Function entry: load the count, prepay the fall-through path, check the budget.
@@ -949,7 +979,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
         let instrs = std::mem::take(&mut self.func.block_mut(seq).instrs);
         for (instr, loc) in &instrs {
             if let Instr::Loop(l) = instr
-                && self.weights.has(&self.body, *loc, Flags::BRANCHED_LOOP)
+                && self.ops.has(*loc, Flags::BRANCHED_LOOP)
             {
                 self.facts(l.seq).targeted = true;
             }
@@ -1170,7 +1200,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
                 _ => after,
             };
             phi[index] = rest
-                .checked_add(self.weights.of(&self.body, *loc))
+                .checked_add(self.ops.weight(*loc))
                 .filter(|&p| p < OPS_MAX)
                 .ok_or_else(|| Error::Limit("a function's static cost overflows".into()))?;
         }
@@ -1487,11 +1517,8 @@ impl<'a, 't> FunctionPass<'a, 't> {
         }
         for (index, (instr, loc)) in old.into_iter().enumerate() {
             let after = phi[index + 1];
-            let weight = self.weights.of(&self.body, loc);
-            let flags = self
-                .weights
-                .index(&self.body, loc)
-                .map_or(0, |index| self.weights.flags[index]);
+            let weight = self.ops.weight(loc);
+            let flags = self.ops.flags(loc);
             // A back-edge `br_if` is charged right before it (see below): that store fences.
             let charged_before = matches!(&instr, Instr::BrIf(b)
                 if self.is_loop(b.block) && self.target_phi(b.block) != phi[index] - weight);
