@@ -152,8 +152,32 @@ fn has_read_modify_write(store: &Operator<'_>) -> bool {
     )
 }
 
-fn is_load(op: &Operator<'_>, pops: u32, pushes: u32) -> bool {
-    crate::cost::has_memarg(op) && pushes == 1 && pops == 1
+/// A load whose result Cranelift may merge into the instruction that consumes it.
+///
+/// The scalar integer loads that extend a narrower value (`i32.load8_u`, `i64.load32_s`, ...)
+/// never are: wasmtime 48 translates them to Cranelift's extending loads (`uload8`, `sload32`,
+/// ...), which x86-64 lowers on their own (`movzx`/`movsx` from memory); only a plain `load`
+/// becomes a memory operand of its consumer (`is_mergeable_load` in cranelift-codegen 0.135's
+/// x64 lowering). So an out-of-bounds trap of one is always reported at its own offset, and a
+/// value loaded by one needs no fence and no second meter-map entry. Byte and halfword loads are
+/// what parsers, string code and interpreters run on (a fence each cost memgrow's and memcmp's
+/// loops a store per iteration). Atomic and vector loads are kept, conservatively.
+fn is_mergeable_load(op: &Operator<'_>, pops: u32, pushes: u32) -> bool {
+    use Operator::*;
+    let extending = matches!(
+        op,
+        I32Load8S { .. }
+            | I32Load8U { .. }
+            | I32Load16S { .. }
+            | I32Load16U { .. }
+            | I64Load8S { .. }
+            | I64Load8U { .. }
+            | I64Load16S { .. }
+            | I64Load16U { .. }
+            | I64Load32S { .. }
+            | I64Load32U { .. }
+    );
+    crate::cost::has_memarg(op) && pushes == 1 && pops == 1 && !extending
 }
 
 /// Whether the operator certainly ends Cranelift's merge window (a side effect or a block
@@ -372,7 +396,7 @@ impl<'a> Body<'a> {
         let mut operands: Vec<Source> = (0..pops).map(|_| self.pop()).collect();
         operands.reverse();
         let found = self.consume(offset, op, &operands, out);
-        let load = is_load(op, pops, pushes);
+        let load = is_mergeable_load(op, pops, pushes);
         let ends = ends_window(op);
         if ends {
             self.window += 1;
