@@ -252,6 +252,8 @@ fn instrument_scanned(
             .filter_map(|(loc, correction)| Some((output_offset(loc)?, correction)))
             .collect()
     };
+    // An offset without an entry is corrected by 0 (`MeterMap::correction_at`).
+    corrections.retain(|&(_, correction)| correction != 0);
     let entries = to_output(corrections);
     let loop_traps = to_output(loop_traps);
     stats.output_bytes = out.len();
@@ -1533,6 +1535,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
             {
                 self.loop_traps.push((loc.data(), correction));
             }
+            let mut prepaid = None;
             if !loc.is_default() && !never_traps(&instr) {
                 let correction = match &instr {
                     _ if is_call(&instr) => 0,
@@ -1540,7 +1543,9 @@ impl<'a, 't> FunctionPass<'a, 't> {
                     _ if is_terminator(&instr) => 0,
                     _ => after,
                 };
+                // Kept even when 0: a load merged into a consumer is looked up here.
                 self.corrections.push((loc.data(), correction));
+                prepaid = Some(correction);
             }
             let if_traps = match &instr {
                 Instr::IfElse(e) if !loc.is_default() => {
@@ -1549,13 +1554,16 @@ impl<'a, 't> FunctionPass<'a, 't> {
                 _ => IfTraps::default(),
             };
             // Only the instructions the meter map looks up keep their original location: walrus
-            // records an output offset for each.
-            let loc =
-                if never_traps(&instr) && flags & Flags::MERGED_CONSUMER == 0 && !if_traps.entry {
-                    InstrLocId::default()
-                } else {
-                    loc
-                };
+            // records an output offset for each, one map insertion at a time. A trap where
+            // nothing is prepaid (a call, a terminator) needs no entry: an offset without one
+            // is corrected by 0.
+            let has_entry = !never_traps(&instr)
+                && (matches!(instr, Instr::Loop(_)) || prepaid.is_some_and(|c| c != 0));
+            let loc = if has_entry || flags & Flags::MERGED_CONSUMER != 0 || if_traps.entry {
+                loc
+            } else {
+                InstrLocId::default()
+            };
             match instr {
                 Instr::Block(ref b) => {
                     self.rewrite(b.seq)?;
