@@ -379,6 +379,45 @@ async fn route_not_found() -> ApiError {
     ApiError::RouteNotFound
 }
 
+/// Request bodies of a declared length up to this are read before the request is routed.
+const EARLY_READ_BYTES_MAX: u64 = 1 << 20;
+
+/// Reads a small request body before routing, so that an answer given without looking at the
+/// body (401 for a missing key, 404, 405) still finds it consumed. hyper closes a connection
+/// whose request body is left unread, and a client still sending that body then sees a reset
+/// instead of the answer. Bodies without a declared length, or larger than
+/// [`EARLY_READ_BYTES_MAX`], stream to their handler as before (an unauthenticated large
+/// upload is still cut off, not read).
+async fn read_small_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .filter(|&length| length > 0 && length <= EARLY_READ_BYTES_MAX);
+    let Some(length) = declared else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    // The same time limit as the handlers' own body reads.
+    let seconds = BODY_READ_SECONDS_MAX;
+    let read = axum::body::to_bytes(body, length as usize);
+    match tokio::time::timeout(std::time::Duration::from_secs(seconds), read).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(error)) => {
+            ApiError::InvalidRequest(format!("reading the request body: {error}")).into_response()
+        }
+        Err(_) => ApiError::BodyTimeout { seconds }.into_response(),
+    }
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_max = state.inner.limits.body_bytes_max;
@@ -448,6 +487,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(route_not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(read_small_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track_http,

@@ -523,6 +523,31 @@ async fn a_body_that_stops_arriving_gets_body_timeout() {
     assert!(answer.json()["detail"].as_str().unwrap().contains("60 s"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_small_declared_body_that_stops_arriving_gets_body_timeout() {
+    // Read before routing (`read_small_body`), under the same time limit.
+    let api = api(ServerLimits::default());
+    let key = api.tenant_with_key("slow").await;
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/modules")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-length", "1000")
+        .body(Body::new(Stalled { sent: false }))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let allowed = std::time::Duration::from_secs(super::BODY_READ_SECONDS_MAX);
+    let response = tokio::time::timeout(allowed * 2, api.app.clone().oneshot(request))
+        .await
+        .expect("the server gave up on the body")
+        .unwrap();
+    assert!(started.elapsed() >= allowed);
+    let answer = Answer::read(response).await;
+    assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(answer.problem_type(), "body-timeout");
+    assert!(answer.json()["detail"].as_str().unwrap().contains("60 s"));
+}
+
 #[tokio::test]
 async fn a_guest_past_its_wall_time_is_stopped_billed_and_answered_with_a_problem() {
     // Calls the host forever, so either way of checking deadlines stops it.
