@@ -1604,8 +1604,32 @@ impl<'a, 't> FunctionPass<'a, 't> {
                     // fall-through's phi, or the target's when `plan` made the taken edge free.
                     let x = phi[index] - weight;
                     let delta = self.target_phi(b.block) as i64 - x as i64;
-                    if delta == 0 {
+                    // With nothing to adjust on the taken edge, a target whose first side
+                    // effect always traps (an access above a memory's maximum) lets Cranelift
+                    // fold the branch into a conditional trap reported at the `br_if`, where
+                    // the count has the fall-through's path prepaid, not the target's. A fence
+                    // on the taken edge keeps the branch a branch (fixture
+                    // `regression_trap_folded_into_br_if.wat`).
+                    let foldable =
+                        !self.is_loop(b.block) && !self.facts_of(b.block).cont_cannot_fold;
+                    if delta == 0 && !foldable {
                         new.push((instr, loc));
+                        new.extend(plain(self.adjust(after as i64 - x as i64)));
+                    } else if delta == 0 {
+                        // br_if L  =>  if (param t*) (result t*) { fence; br L }
+                        let carried = self.label_types(b.block);
+                        let ty = self.seq_type(&carried, &carried);
+                        let mut taken = self.fence();
+                        taken.push(Instr::Br(walrus::ir::Br { block: b.block }));
+                        let then = self.new_seq(ty, taken);
+                        let otherwise = self.new_seq(ty, vec![]);
+                        new.push((
+                            Instr::IfElse(walrus::ir::IfElse {
+                                consequent: then,
+                                alternative: otherwise,
+                            }),
+                            loc,
+                        ));
                         new.extend(plain(self.adjust(after as i64 - x as i64)));
                     } else if self.is_loop(b.block) {
                         // A back-edge: charge the iteration before the branch and take it back
