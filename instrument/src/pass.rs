@@ -1615,22 +1615,6 @@ impl<'a, 't> FunctionPass<'a, 't> {
                     if delta == 0 && !foldable {
                         new.push((instr, loc));
                         new.extend(plain(self.adjust(after as i64 - x as i64)));
-                    } else if delta == 0 {
-                        // br_if L  =>  if (param t*) (result t*) { fence; br L }
-                        let carried = self.label_types(b.block);
-                        let ty = self.seq_type(&carried, &carried);
-                        let mut taken = self.fence();
-                        taken.push(Instr::Br(walrus::ir::Br { block: b.block }));
-                        let then = self.new_seq(ty, taken);
-                        let otherwise = self.new_seq(ty, vec![]);
-                        new.push((
-                            Instr::IfElse(walrus::ir::IfElse {
-                                consequent: then,
-                                alternative: otherwise,
-                            }),
-                            loc,
-                        ));
-                        new.extend(plain(self.adjust(after as i64 - x as i64)));
                     } else if self.is_loop(b.block) {
                         // A back-edge: charge the iteration before the branch and take it back
                         // on the exit, which runs once per loop rather than once per iteration;
@@ -1645,10 +1629,15 @@ impl<'a, 't> FunctionPass<'a, 't> {
                         let exit = self.adjust(after as i64 - x as i64 - delta);
                         new.extend(plain(exit));
                     } else {
-                        // br_if L  =>  if (param t*) (result t*) { count += delta; br L }
+                        // br_if L  =>  if (param t*) (result t*) { count += delta; br L },
+                        // or { fence; br L } when the taken edge is free.
                         let carried = self.label_types(b.block);
                         let ty = self.seq_type(&carried, &carried);
-                        let mut taken = self.adjust(delta);
+                        let mut taken = if delta == 0 {
+                            self.fence()
+                        } else {
+                            self.adjust(delta)
+                        };
                         taken.push(Instr::Br(walrus::ir::Br { block: b.block }));
                         let then = self.new_seq(ty, taken);
                         let otherwise = self.new_seq(ty, vec![]);
@@ -1659,6 +1648,8 @@ impl<'a, 't> FunctionPass<'a, 't> {
                             }),
                             loc,
                         ));
+                        // Only a free taken edge leaves the fall-through an adjustment.
+                        new.extend(plain(self.adjust(after as i64 - x as i64)));
                     }
                 }
                 Instr::BrTable(ref t) => {
