@@ -1557,8 +1557,7 @@ impl<'a, 't> FunctionPass<'a, 't> {
             // records an output offset for each, one map insertion at a time. A trap where
             // nothing is prepaid (a call, a terminator) needs no entry: an offset without one
             // is corrected by 0.
-            let has_entry = !never_traps(&instr)
-                && (matches!(instr, Instr::Loop(_)) || prepaid.is_some_and(|c| c != 0));
+            let has_entry = prepaid.is_some_and(|c| c != 0) || matches!(instr, Instr::Loop(_));
             let loc = if has_entry || flags & Flags::MERGED_CONSUMER != 0 || if_traps.entry {
                 loc
             } else {
