@@ -34,6 +34,36 @@ macro_rules! has_memarg_arg {
     };
 }
 
+/// Whether an operator of `proposal` with these immediates is plain arithmetic on values (it
+/// touches neither memory, tables, globals nor control flow); some of them still trap
+/// (division, float-to-int truncation: see `never_traps` in the pass).
+macro_rules! numeric_in {
+    (mvp) => {
+        true
+    };
+    (sign_extension) => {
+        true
+    };
+    (saturating_float_to_int) => {
+        true
+    };
+    (simd) => {
+        true
+    };
+    (simd lane) => {
+        true
+    };
+    (simd lanes) => {
+        true
+    };
+    (relaxed_simd) => {
+        true
+    };
+    ($($other:tt)*) => {
+        false
+    };
+}
+
 macro_rules! define_operator_names {
     ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*) )*) => {
         /// Every operator name wasmparser knows, in wasmparser's order.
@@ -42,6 +72,9 @@ macro_rules! define_operator_names {
         /// Whether the operator with the same index takes a memory argument (it accesses
         /// linear memory at an address operand).
         const OPERATOR_HAS_MEMARG: &[bool] = &[$(has_memarg_arg!($($($arg)*)?),)*];
+
+        /// Whether the operator with the same index is arithmetic on values (`numeric_in`).
+        const OPERATOR_NUMERIC: &[bool] = &[$(numeric_in!($proposal $($($arg)*)?),)*];
 
         /// The position of `op` in [`OPERATOR_NAMES`].
         fn operator_index(op: &Operator<'_>) -> usize {
@@ -305,6 +338,12 @@ impl CostTable {
 /// Whether an operator accesses linear memory through a memory argument.
 pub(crate) fn has_memarg(op: &Operator<'_>) -> bool {
     OPERATOR_HAS_MEMARG[operator_index(op)]
+}
+
+/// Whether an operator only computes on values from the operand stack: no memory, table,
+/// global, call or control flow (it may still trap, as division does).
+pub(crate) fn is_numeric(op: &Operator<'_>) -> bool {
+    OPERATOR_NUMERIC[operator_index(op)]
 }
 
 /// The wasmparser name of an operator (`I32Add`, `MemoryCopy`, ...).

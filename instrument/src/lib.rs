@@ -66,6 +66,7 @@
 
 #![deny(missing_docs)]
 
+mod body;
 mod cost;
 mod merge;
 mod meter;
