@@ -68,20 +68,60 @@ impl Flags {
     const MERGED_CONSUMER: u8 = 4;
 }
 
+/// What kind of operator it is, as far as the pass asks (bits of [`Op::class`], computed once
+/// when the body is read).
+struct Class;
+
+impl Class {
+    const NEVER_TRAPS: u8 = 1;
+    const CALL: u8 = 2;
+    const TERMINATOR: u8 = 4;
+    const CONST: u8 = 8;
+    const GLOBAL_SET: u8 = 16;
+    const UNREACHABLE: u8 = 32;
+    /// A `memory.grow`, or an operator with a per-unit cost.
+    const VARIABLE: u8 = 64;
+    const GROWS: u8 = 128;
+
+    fn of(op: &Operator<'_>, costs: &CostTable) -> u8 {
+        let bit = |yes: bool, bit: u8| if yes { bit } else { 0 };
+        let grows = matches!(op, Operator::MemoryGrow { .. });
+        bit(never_traps(op), Class::NEVER_TRAPS)
+            | bit(is_call(op), Class::CALL)
+            | bit(is_terminator(op), Class::TERMINATOR)
+            | bit(is_const(op), Class::CONST)
+            | bit(matches!(op, Operator::GlobalSet { .. }), Class::GLOBAL_SET)
+            | bit(matches!(op, Operator::Unreachable), Class::UNREACHABLE)
+            | bit(grows || variable_cost(costs, op) > 0, Class::VARIABLE)
+            | bit(grows, Class::GROWS)
+    }
+}
+
 /// One original operator.
-struct Op<'a> {
+struct Op {
     /// Its bytes in the input module.
     at: u32,
     end: u32,
     weight: u32,
     flags: u8,
+    /// [`Class`] bits.
+    class: u8,
     kind: Kind,
-    op: Operator<'a>,
+    /// Where its shortest encoding is in [`Function::encoded`], when that is shorter than the
+    /// input's (`encoded_len` 0: copied as written).
+    encoded_at: u32,
+    encoded_len: u8,
+}
+
+impl Op {
+    fn is(&self, class: u8) -> bool {
+        self.class & class != 0
+    }
 }
 
 /// One instruction sequence and what the pass knows about it.
-struct Seq<'a> {
-    ops: Vec<Op<'a>>,
+struct Seq {
+    ops: Vec<Op>,
     construct: Construct,
     ty: BlockType,
     /// phi at every position (len + 1 entries); taken while the sequence is written.
@@ -100,7 +140,7 @@ struct Seq<'a> {
     cont_cannot_fold: bool,
 }
 
-impl<'a> Seq<'a> {
+impl Seq {
     fn new(construct: Construct, ty: BlockType) -> Self {
         Seq {
             ops: Vec::new(),
@@ -117,8 +157,10 @@ impl<'a> Seq<'a> {
 }
 
 /// A function body read for the pass.
-pub(crate) struct Function<'a> {
-    seqs: Vec<Seq<'a>>,
+pub(crate) struct Function {
+    seqs: Vec<Seq>,
+    /// Operators encoded again at their shortest (see [`Op::encoded_at`]).
+    encoded: Vec<u8>,
     /// The targets of every `br_table`, as (sequence, relative depth).
     tables: Vec<(SeqId, u32)>,
     /// The local declarations as written.
@@ -135,8 +177,6 @@ pub(crate) struct Function<'a> {
     pub nesting_depth: usize,
     /// (consumer offset, load offset) pairs of the merge analysis.
     merged: Vec<(u32, u32)>,
-    /// The block types the rewritten code may need.
-    pub signatures: Vec<Signature>,
     basic_blocks: usize,
 }
 
@@ -144,8 +184,8 @@ pub(crate) struct Function<'a> {
 pub(crate) struct Env<'m> {
     pub wasm: &'m [u8],
     pub types: &'m ModuleTypes,
-    /// The type index of every signature any function needs.
-    pub signatures: &'m HashMap<Signature, u32>,
+    /// The first type index of every function type of the module, by signature.
+    pub existing: &'m HashMap<Signature, u32>,
     pub costs: &'m CostTable,
     pub globals: Globals,
     /// The memories that have a maximum, with that maximum in bytes (by memory index).
@@ -180,6 +220,26 @@ pub(crate) struct Output {
     pub merged: Vec<(u32, u64)>,
     /// (offset of a `loop` or `if`, correction of the trap Cranelift may report there).
     pub loop_traps: Vec<(u32, u64)>,
+    /// Block types the module does not have yet, in order of first use.
+    pub signatures: Vec<Signature>,
+    /// (offset, index in `signatures`) of each block type that names one of them: a 5-byte
+    /// placeholder for the type index, which the module's assembly fills in.
+    pub placeholders: Vec<(u32, u32)>,
+}
+
+/// The width of a type index placeholder (a padded signed LEB128).
+pub(crate) const PLACEHOLDER_BYTES: usize = 5;
+
+/// Writes `index` as a padded signed LEB128 of [`PLACEHOLDER_BYTES`] bytes.
+pub(crate) fn write_placeholder(slot: &mut [u8], index: u32) {
+    for (i, byte) in slot.iter_mut().enumerate() {
+        let bits = ((index as u64) >> (7 * i)) as u8 & 0x7f;
+        *byte = if i + 1 < PLACEHOLDER_BYTES {
+            bits | 0x80
+        } else {
+            bits
+        };
+    }
 }
 
 /// The value types of a block type: (params, results).
@@ -362,20 +422,19 @@ struct Frame {
     current: Option<SeqId>,
     /// The alternative of an `if`.
     alternative: Option<SeqId>,
-    is_loop: bool,
     /// The rest of `current` is dead (after a branch that never falls through).
     dead: bool,
 }
 
-impl<'a> Function<'a> {
+impl Function {
     /// Validates `body` and reads it into sequences.
-    pub fn read(
+    pub fn read<'a>(
         body: FunctionBody<'a>,
         validate: FuncToValidate<ValidatorResources>,
         types: &ModuleTypes,
         function_type: u32,
         costs: &CostTable,
-    ) -> Result<Function<'a>, Error> {
+    ) -> Result<Function, Error> {
         let invalid = |e: wasmparser::BinaryReaderError| Error::Invalid(e.to_string());
         let mut validator = validate.into_validator(Default::default());
         let (params, _) = function_signature(types, function_type);
@@ -394,6 +453,7 @@ impl<'a> Function<'a> {
         let mut reader = body.get_operators_reader().map_err(invalid)?;
         let mut f = Function {
             seqs: vec![Seq::new(Construct::Entry, BlockType::Empty)],
+            encoded: Vec::new(),
             tables: Vec::new(),
             locals,
             first_new_local: u32::try_from(first_new_local)
@@ -403,14 +463,12 @@ impl<'a> Function<'a> {
             variable_ops: false,
             nesting_depth: 0,
             merged: Vec::new(),
-            signatures: Vec::new(),
             basic_blocks: 1,
         };
         let mut frames = vec![Frame {
             label: Some(ENTRY),
             current: Some(ENTRY),
             alternative: None,
-            is_loop: false,
             dead: false,
         }];
         let mut merges = crate::merge::Body::new(types, function_type);
@@ -431,7 +489,7 @@ impl<'a> Function<'a> {
             let frame_at = |frames: &[Frame], depth: u32| frames.len() - 1 - depth as usize;
             // Budget checks are placed on the module as written: a loop some branch targets,
             // even one in dead code, and a body that contains a call anywhere.
-            let target = |frames: &[Frame], depth: u32, seqs: &mut Vec<Seq<'a>>| {
+            let target = |frames: &[Frame], depth: u32, seqs: &mut Vec<Seq>| {
                 let frame = &frames[frame_at(frames, depth)];
                 if let Some(label) = frame.label {
                     seqs[label as usize].targeted = true;
@@ -462,13 +520,11 @@ impl<'a> Function<'a> {
                         )));
                     }
                     f.nesting_depth = f.nesting_depth.max(frames.len());
-                    let is_loop = matches!(op, Operator::Loop { .. });
                     let Some(parent) = live else {
                         frames.push(Frame {
                             label: None,
                             current: None,
                             alternative: None,
-                            is_loop,
                             dead: true,
                         });
                         continue;
@@ -501,16 +557,18 @@ impl<'a> Function<'a> {
                             end: end as u32,
                             weight: 0,
                             flags: 0,
+                            class: 0,
                             kind,
-                            op,
+                            encoded_at: 0,
+                            encoded_len: 0,
                         },
+                        op,
                         costs,
                     );
                     frames.push(Frame {
                         label: Some(label),
                         current: Some(label),
                         alternative,
-                        is_loop,
                         dead: false,
                     });
                 }
@@ -531,15 +589,8 @@ impl<'a> Function<'a> {
                     let kind = match &op {
                         Operator::Br { relative_depth } => Kind::Br(label(*relative_depth)),
                         Operator::BrIf { relative_depth } => {
-                            let t = label(*relative_depth);
                             f.basic_blocks += 1;
-                            if !frames[frame_at(&frames, *relative_depth)].is_loop {
-                                let carried = f.label_types(types, t);
-                                if !carried.is_empty() {
-                                    f.signatures.push((carried.clone(), carried));
-                                }
-                            }
-                            Kind::BrIf(t, *relative_depth)
+                            Kind::BrIf(label(*relative_depth), *relative_depth)
                         }
                         Operator::BrTable { targets } => {
                             let start = f.tables.len() as u32;
@@ -549,17 +600,10 @@ impl<'a> Function<'a> {
                             }
                             let default = targets.default();
                             f.tables.push((label(default), default));
-                            let carried = f.label_types(types, label(default));
-                            let mut params = carried.clone();
-                            params.push(ValType::I32);
-                            f.signatures.push((params, carried));
                             Kind::BrTable(start, f.tables.len() as u32 - start)
                         }
                         _ => Kind::Other,
                     };
-                    if matches!(op, Operator::MemoryGrow { .. }) || variable_cost(costs, &op) > 0 {
-                        f.variable_ops = true;
-                    }
                     let terminates = is_terminator(&op);
                     f.push(
                         parent,
@@ -569,9 +613,12 @@ impl<'a> Function<'a> {
                             end: end as u32,
                             weight: 0,
                             flags: 0,
+                            class: 0,
                             kind,
-                            op,
+                            encoded_at: 0,
+                            encoded_len: 0,
                         },
+                        op,
                         costs,
                     );
                     if terminates {
@@ -607,10 +654,31 @@ impl<'a> Function<'a> {
         &mut self,
         seq: SeqId,
         positions: &mut Vec<(u32, SeqId, u32)>,
-        mut op: Op<'a>,
+        mut op: Op,
+        operator: Operator<'_>,
         costs: &CostTable,
     ) {
-        op.weight = u32::try_from(costs.weight(&op.op)).expect("weights are u32");
+        op.weight = u32::try_from(costs.weight(&operator)).expect("weights are u32");
+        op.class = Class::of(&operator, costs);
+        // Linkers pad the LEB128 of relocated indices and addresses to 5 bytes: such an
+        // operator is written again at its shortest.
+        if op.end - op.at > 2 && matches!(op.kind, Kind::Other) {
+            use wasm_encoder::reencode::Reencode;
+            if let Ok(instruction) =
+                wasm_encoder::reencode::RoundtripReencoder.instruction(operator)
+            {
+                let start = self.encoded.len();
+                instruction.encode(&mut self.encoded);
+                let len = self.encoded.len() - start;
+                if len < (op.end - op.at) as usize && len <= usize::from(u8::MAX) {
+                    op.encoded_at = start as u32;
+                    op.encoded_len = len as u8;
+                } else {
+                    self.encoded.truncate(start);
+                }
+            }
+        }
+        self.variable_ops |= op.is(Class::VARIABLE);
         let ops = &mut self.seqs[seq as usize].ops;
         positions.push((op.at, seq, ops.len() as u32));
         ops.push(op);
@@ -733,6 +801,8 @@ struct IfTraps {
 /// The facts of one operator the writer needs, copied out of the tree.
 #[derive(Clone, Copy)]
 struct OpFacts {
+    seq: SeqId,
+    index: usize,
     at: u32,
     end: u32,
     weight: u64,
@@ -745,8 +815,8 @@ struct OpFacts {
     grows: bool,
 }
 
-struct Pass<'f, 'a, 'm> {
-    f: &'f mut Function<'a>,
+struct Pass<'f, 'm> {
+    f: &'f mut Function,
     env: &'f Env<'m>,
     locals: PassLocals,
     /// Fences placed in this function so far.
@@ -758,24 +828,30 @@ struct Pass<'f, 'a, 'm> {
     consumers: Vec<(u32, u32)>,
 }
 
-impl Pass<'_, '_, '_> {
-    fn seq(&self, seq: SeqId) -> &Seq<'_> {
+impl Pass<'_, '_> {
+    fn seq(&self, seq: SeqId) -> &Seq {
         &self.f.seqs[seq as usize]
     }
 
     fn facts(&self, seq: SeqId, index: usize) -> OpFacts {
         let op = &self.f.seqs[seq as usize].ops[index];
         OpFacts {
+            seq,
+            index,
             at: op.at,
             end: op.end,
             weight: u64::from(op.weight),
             flags: op.flags,
             kind: op.kind,
-            never_traps: never_traps(&op.op),
-            call: is_call(&op.op),
-            terminator: is_terminator(&op.op),
-            per_unit: variable_cost(self.env.costs, &op.op),
-            grows: matches!(op.op, Operator::MemoryGrow { .. }),
+            never_traps: op.is(Class::NEVER_TRAPS),
+            call: op.is(Class::CALL),
+            terminator: op.is(Class::TERMINATOR),
+            per_unit: if op.is(Class::VARIABLE) {
+                variable_cost(self.env.costs, &self.operator(op))
+            } else {
+                0
+            },
+            grows: op.is(Class::GROWS),
         }
     }
 
@@ -815,11 +891,24 @@ impl Pass<'_, '_, '_> {
         u32::try_from(self.out.body.len()).expect("bodies are smaller than the module limit")
     }
 
-    /// Copies an original operator's bytes.
-    fn copy(&mut self, at: u32, end: u32) {
-        self.out
-            .body
-            .extend_from_slice(&self.env.wasm[at as usize..end as usize]);
+    /// Copies an original operator, at its shortest encoding.
+    fn copy(&mut self, op: &OpFacts) {
+        let o = &self.f.seqs[op.seq as usize].ops[op.index];
+        let bytes = if o.encoded_len > 0 {
+            let start = o.encoded_at as usize;
+            &self.f.encoded[start..start + usize::from(o.encoded_len)]
+        } else {
+            &self.env.wasm[op.at as usize..op.end as usize]
+        };
+        self.out.body.extend_from_slice(bytes);
+    }
+
+    /// An operator that is neither a block nor a branch, read again from the input.
+    fn operator(&self, op: &Op) -> Operator<'_> {
+        let bytes = &self.env.wasm[op.at as usize..op.end as usize];
+        wasmparser::OperatorsReader::new(wasmparser::BinaryReader::new(bytes, op.at as usize))
+            .read()
+            .expect("the operator was read before")
     }
 
     /// Whether the code after position `from` of `seq` starts with a side effect that is not
@@ -880,16 +969,18 @@ impl Pass<'_, '_, '_> {
                 Kind::BrTable(..) => return false,
                 Kind::Other => {}
             }
-            if matches!(op.op, Operator::GlobalSet { .. }) || is_call(&op.op) {
+            if op.is(Class::GLOBAL_SET | Class::CALL) {
                 return true;
             }
-            if let Some(memarg) = plain_access(&op.op) {
-                return !constant && !certainly_out_of_bounds(memarg.memory, memarg.offset);
-            }
-            if is_const(&op.op) {
+            if op.is(Class::CONST) {
                 constant = true;
-            } else if !never_traps(&op.op) {
-                return false;
+            } else if !op.is(Class::NEVER_TRAPS) {
+                return match plain_access(&self.operator(op)) {
+                    Some(memarg) => {
+                        !constant && !certainly_out_of_bounds(memarg.memory, memarg.offset)
+                    }
+                    None => false,
+                };
             }
         }
         at_end
@@ -899,10 +990,10 @@ impl Pass<'_, '_, '_> {
     /// reaches a call or `unreachable` before any control flow.
     fn fall_through_is_cold(&self, seq: SeqId, from: usize) -> bool {
         for op in &self.seq(seq).ops[from..] {
-            if is_call(&op.op) || matches!(op.op, Operator::Unreachable) {
+            if op.is(Class::CALL | Class::UNREACHABLE) {
                 return true;
             }
-            if is_terminator(&op.op) || !matches!(op.kind, Kind::Other) {
+            if op.is(Class::TERMINATOR) || !matches!(op.kind, Kind::Other) {
                 return false;
             }
         }
@@ -991,7 +1082,7 @@ impl Pass<'_, '_, '_> {
     fn first_trap_in(&self, seq: SeqId) -> Option<u64> {
         let s = self.seq(seq);
         let index = s.ops.iter().position(|op| {
-            !never_traps(&op.op)
+            !op.is(Class::NEVER_TRAPS)
                 || matches!(
                     op.kind,
                     Kind::Block(_)
@@ -1007,8 +1098,8 @@ impl Pass<'_, '_, '_> {
             Kind::Block(b) => self.first_trap_in(b),
             // Nothing after a terminator runs: its correction is 0 (as in `write`), whatever
             // the straight-line path past it would weigh.
-            _ if is_terminator(&op.op) => Some(0),
-            Kind::Other if !never_traps(&op.op) && !is_call(&op.op) => Some(s.phi[index + 1]),
+            _ if op.is(Class::TERMINATOR) => Some(0),
+            Kind::Other if !op.is(Class::NEVER_TRAPS | Class::CALL) => Some(s.phi[index + 1]),
             _ => None,
         }
     }
@@ -1144,18 +1235,30 @@ impl Pass<'_, '_, '_> {
         self.put(Instruction::GlobalSet(g.pages));
     }
 
-    /// The block type `params -> results`.
-    fn block_type(&self, signature: &Signature) -> wasm_encoder::BlockType {
-        match (signature.0.as_slice(), signature.1.as_slice()) {
+    /// Writes `opcode` (`block` or `if`) with the block type `params -> results`.
+    fn open(&mut self, opcode: u8, signature: &Signature) {
+        self.out.body.push(opcode);
+        let ty = match (signature.0.as_slice(), signature.1.as_slice()) {
             ([], []) => wasm_encoder::BlockType::Empty,
-            _ => wasm_encoder::BlockType::FunctionType(
-                *self
-                    .env
-                    .signatures
-                    .get(signature)
-                    .expect("every signature a function may need is collected when it is read"),
-            ),
-        }
+            _ => match self.env.existing.get(signature) {
+                Some(&index) => wasm_encoder::BlockType::FunctionType(index),
+                None => {
+                    let local = match self.out.signatures.iter().position(|s| s == signature) {
+                        Some(i) => i,
+                        None => {
+                            self.out.signatures.push(signature.clone());
+                            self.out.signatures.len() - 1
+                        }
+                    };
+                    let position = self.position();
+                    self.out.placeholders.push((position, local as u32));
+                    let at = self.out.body.len();
+                    self.out.body.resize(at + PLACEHOLDER_BYTES, 0);
+                    return;
+                }
+            },
+        };
+        ty.encode(&mut self.out.body);
     }
 
     /// Records where an original instruction went: its prepaid amount, its offset as a
@@ -1176,7 +1279,7 @@ impl Pass<'_, '_, '_> {
     /// Copies an original operator and records where it went.
     fn copy_located(&mut self, op: &OpFacts, prepaid: Option<u64>, header: Option<u64>) {
         let position = self.position();
-        self.copy(op.at, op.end);
+        self.copy(op);
         self.locate(op, position, prepaid, header);
     }
 
@@ -1285,9 +1388,8 @@ impl Pass<'_, '_, '_> {
                         // br_if L  =>  if (param t*) (result t*) { count += delta; br L },
                         // or { fence; br L } when the taken edge is free.
                         let carried = self.f.label_types(self.env.types, t);
-                        let ty = self.block_type(&(carried.clone(), carried));
                         let position = self.position();
-                        self.put(Instruction::If(ty));
+                        self.open(0x04, &(carried.clone(), carried));
                         self.locate(&op, position, prepaid, None);
                         if delta == 0 {
                             self.fence();
@@ -1406,9 +1508,9 @@ impl Pass<'_, '_, '_> {
         let carried = self.f.label_types(self.env.types, groups[0].0);
         let mut params = carried.clone();
         params.push(ValType::I32);
-        let ty = self.block_type(&(params, carried));
+        let signature = (params, carried);
         for _ in groups {
-            self.put(Instruction::Block(ty));
+            self.open(0x02, &signature);
         }
         let (default, table) = group_of.split_last().expect("a br_table has a default");
         let position = self.position();

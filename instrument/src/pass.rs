@@ -257,35 +257,14 @@ fn instrument_module(
 ) -> Result<Instrumented, Error> {
     let mut module = Module::read(wasm)?;
     let bodies = std::mem::take(&mut module.bodies);
-    // The bodies are independent: read (and validate) them in parallel, then report the
-    // first error in module order.
     let types = &module.types;
-    let functions: Vec<Function<'_>> = bodies
-        .into_par_iter()
-        .map(|(body, validate, ty)| Function::read(body, validate, types, ty, costs))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .collect::<Result<_, Error>>()?;
-
-    // Block types the rewritten code needs: an existing type where one matches, else a new
-    // one after the module's own, numbered in function order so that the output does not
-    // depend on the number of threads.
-    let mut signatures: HashMap<Signature, u32> = HashMap::new();
-    let mut new_types: Vec<Signature> = Vec::new();
-    for signature in functions.iter().flat_map(|f| &f.signatures) {
-        if signatures.contains_key(signature) {
-            continue;
+    // Block types the rewritten code needs: an existing function type where one matches.
+    let mut existing: HashMap<Signature, u32> = HashMap::new();
+    for index in (0..module.type_count).rev() {
+        if is_function(types, index) {
+            existing.insert(crate::body::function_signature(types, index), index);
         }
-        let existing = (0..module.type_count).find(|&i| {
-            crate::body::function_signature(types, i) == *signature && is_function(types, i)
-        });
-        let index = existing.unwrap_or_else(|| {
-            new_types.push(signature.clone());
-            module.type_count + new_types.len() as u32 - 1
-        });
-        signatures.insert(signature.clone(), index);
     }
-
     let global_base = module.imported_globals + module.defined_globals;
     let globals = Globals {
         ops: global_base,
@@ -305,26 +284,46 @@ fn instrument_module(
     let env = Env {
         wasm,
         types,
-        signatures: &signatures,
+        existing: &existing,
         costs,
         globals,
         bounded_memories: &bounded_memories,
     };
-    let deep = functions
-        .iter()
-        .any(|f| f.nesting_depth > INLINE_NESTING_DEPTH_MAX);
-    let outputs: Vec<Output> = if deep {
-        // Planning and writing recurse once per nesting level: a module nested deeper than a
-        // worker thread's stack allows is rewritten on a thread with a stack sized for
-        // NESTING_DEPTH_MAX, one function at a time.
+    // The bodies are independent: each is read (and validated), planned and written by one
+    // task while it is in the cache, and the first error in module order is reported.
+    // Planning and writing recurse once per nesting level, so a body nested deeper than a
+    // worker thread's stack allows is only read there.
+    enum Step {
+        Done(Output),
+        Deep(Function),
+    }
+    let steps: Vec<Step> = bodies
+        .into_par_iter()
+        .map(|(body, validate, ty)| {
+            let f = Function::read(body, validate, types, ty, costs)?;
+            if f.nesting_depth > INLINE_NESTING_DEPTH_MAX {
+                Ok(Step::Deep(f))
+            } else {
+                f.rewrite(&env).map(Step::Done)
+            }
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect::<Result<_, Error>>()?;
+    let outputs: Vec<Output> = if steps.iter().any(|s| matches!(s, Step::Deep(_))) {
+        // Those are rewritten one at a time on a thread with a stack sized for
+        // NESTING_DEPTH_MAX.
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("tally-instrument".into())
                 .stack_size(PASS_STACK_BYTES)
                 .spawn_scoped(scope, || {
-                    functions
+                    steps
                         .into_iter()
-                        .map(|f| f.rewrite(&env))
+                        .map(|step| match step {
+                            Step::Done(output) => Ok(output),
+                            Step::Deep(f) => f.rewrite(&env),
+                        })
                         .collect::<Result<Vec<_>, Error>>()
                 })
                 .map_err(|e| Error::Limit(format!("cannot start the instrumentation thread: {e}")))?
@@ -332,13 +331,39 @@ fn instrument_module(
                 .map_err(|_| Error::Limit("the instrumentation pass panicked".into()))?
         })?
     } else {
-        functions
-            .into_par_iter()
-            .map(|f| f.rewrite(&env))
-            .collect::<Vec<_>>()
+        steps
             .into_iter()
-            .collect::<Result<_, Error>>()?
+            .map(|step| match step {
+                Step::Done(output) => output,
+                Step::Deep(_) => unreachable!("no deep bodies"),
+            })
+            .collect()
     };
+    // Block types no function type of the module matches: appended to the type section in
+    // the order functions first use them, so that the output does not depend on the number
+    // of threads.
+    let mut new_types: Vec<Signature> = Vec::new();
+    let mut new_index: HashMap<Signature, u32> = HashMap::new();
+    let mut outputs = outputs;
+    for output in &mut outputs {
+        let indices: Vec<u32> = output
+            .signatures
+            .iter()
+            .map(|signature| {
+                *new_index.entry(signature.clone()).or_insert_with(|| {
+                    new_types.push(signature.clone());
+                    module.type_count + new_types.len() as u32 - 1
+                })
+            })
+            .collect();
+        for &(position, local) in &output.placeholders {
+            let at = position as usize;
+            crate::body::write_placeholder(
+                &mut output.body[at..at + crate::body::PLACEHOLDER_BYTES],
+                indices[local as usize],
+            );
+        }
+    }
     assemble(wasm, &module, &new_types, globals, outputs, costs, options)
 }
 
