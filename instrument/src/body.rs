@@ -429,6 +429,7 @@ struct Frame {
 impl Function {
     /// Validates `body` and reads it into sequences.
     pub fn read<'a>(
+        wasm: &'a [u8],
         body: FunctionBody<'a>,
         validate: FuncToValidate<ValidatorResources>,
         types: &ModuleTypes,
@@ -563,6 +564,7 @@ impl Function {
                             encoded_len: 0,
                         },
                         op,
+                        &wasm[at as usize..end],
                         costs,
                     );
                     frames.push(Frame {
@@ -619,6 +621,7 @@ impl Function {
                             encoded_len: 0,
                         },
                         op,
+                        &wasm[at as usize..end],
                         costs,
                     );
                     if terminates {
@@ -656,13 +659,14 @@ impl Function {
         positions: &mut Vec<(u32, SeqId, u32)>,
         mut op: Op,
         operator: Operator<'_>,
+        bytes: &[u8],
         costs: &CostTable,
     ) {
         op.weight = u32::try_from(costs.weight(&operator)).expect("weights are u32");
         op.class = Class::of(&operator, costs);
         // Linkers pad the LEB128 of relocated indices and addresses to 5 bytes: such an
         // operator is written again at its shortest.
-        if op.end - op.at > 2 && matches!(op.kind, Kind::Other) {
+        if bytes.len() > 2 && matches!(op.kind, Kind::Other) && maybe_padded(bytes) {
             use wasm_encoder::reencode::Reencode;
             if let Ok(instruction) =
                 wasm_encoder::reencode::RoundtripReencoder.instruction(operator)
@@ -758,6 +762,16 @@ impl Function {
         }
         Ok(out)
     }
+}
+
+/// Whether an operator's bytes may hold a LEB128 written longer than it needs be: one whose
+/// continuation is followed by a last byte of 0 (or by `0x80`, more padding). A minimal
+/// signed LEB128 can look like that too (`i32.const 64` is `0xc0 0x00`); encoding those
+/// again only costs the time.
+fn maybe_padded(bytes: &[u8]) -> bool {
+    bytes[1..]
+        .windows(2)
+        .any(|w| w[0] & 0x80 != 0 && (w[1] == 0 || w[1] == 0x80))
 }
 
 /// The per-unit cost of an operator whose work depends on its last operand.

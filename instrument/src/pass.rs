@@ -300,7 +300,7 @@ fn instrument_module(
     let steps: Vec<Step> = bodies
         .into_par_iter()
         .map(|(body, validate, ty)| {
-            let f = Function::read(body, validate, types, ty, costs)?;
+            let f = Function::read(wasm, body, validate, types, ty, costs)?;
             if f.nesting_depth > INLINE_NESTING_DEPTH_MAX {
                 Ok(Step::Deep(f))
             } else {
