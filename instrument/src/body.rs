@@ -169,6 +169,8 @@ pub(crate) struct Function {
     first_new_local: u32,
     /// The function's type index.
     function_type: u32,
+    /// The size of the body as written.
+    input_bytes: usize,
     /// Some operator calls (or tail-calls), dead code included.
     has_calls: bool,
     /// Some live operator has a per-unit cost or is a `memory.grow`: the pass needs its
@@ -460,6 +462,7 @@ impl Function {
             first_new_local: u32::try_from(first_new_local)
                 .map_err(|_| Error::Invalid("too many locals".into()))?,
             function_type,
+            input_bytes: body.range().len(),
             has_calls: false,
             variable_ops: false,
             nesting_depth: 0,
@@ -716,7 +719,11 @@ impl Function {
             grow_result: base + 2,
             charged: base + 3,
         };
-        let mut out = Output::default();
+        // The count code makes bodies about half as large again.
+        let mut out = Output {
+            body: Vec::with_capacity(self.input_bytes * 7 / 4 + 16),
+            ..Output::default()
+        };
         // The local declarations: the original ones, then the pass's.
         let mut declarations = self.locals.clone();
         declarations.push((1, ValType::I64));
