@@ -1430,15 +1430,15 @@ impl Pass<'_, '_> {
                     let targets = self.f.tables[start as usize..(start + len) as usize].to_vec();
                     // (target, depth, phi there) per distinct target, in order of appearance.
                     let mut groups: Vec<(SeqId, u32, u64)> = Vec::new();
+                    // A table may have a million entries over as many targets as labels.
+                    let mut group_index: HashMap<SeqId, u32> = HashMap::new();
                     let group_of: Vec<u32> = targets
                         .iter()
                         .map(|&(label, depth)| {
-                            let phi = self.target_phi(label);
-                            let i = groups.iter().position(|g| g.0 == label).unwrap_or_else(|| {
-                                groups.push((label, depth, phi));
-                                groups.len() - 1
-                            });
-                            i as u32
+                            *group_index.entry(label).or_insert_with(|| {
+                                groups.push((label, depth, self.target_phi(label)));
+                                groups.len() as u32 - 1
+                            })
                         })
                         .collect();
                     let first = groups[0].2;
