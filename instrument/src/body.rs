@@ -114,6 +114,20 @@ struct Op {
 }
 
 impl Op {
+    /// An operator at `at..end` of the input; [`Function::push`] fills in the rest.
+    fn new(at: u32, end: u32, kind: Kind) -> Op {
+        Op {
+            at,
+            end,
+            weight: 0,
+            flags: 0,
+            class: 0,
+            kind,
+            encoded_at: 0,
+            encoded_len: 0,
+        }
+    }
+
     fn is(&self, class: u8) -> bool {
         self.class & class != 0
     }
@@ -553,23 +567,8 @@ impl Function {
                             (Kind::If(c, a), c, Some(a))
                         }
                     };
-                    f.push(
-                        parent,
-                        &mut positions,
-                        Op {
-                            at,
-                            end: end as u32,
-                            weight: 0,
-                            flags: 0,
-                            class: 0,
-                            kind,
-                            encoded_at: 0,
-                            encoded_len: 0,
-                        },
-                        op,
-                        &wasm[at as usize..end],
-                        costs,
-                    );
+                    let op = (Op::new(at, end as u32, kind), op);
+                    f.push(parent, &mut positions, op, wasm, costs);
                     frames.push(Frame {
                         label: Some(label),
                         current: Some(label),
@@ -610,23 +609,8 @@ impl Function {
                         _ => Kind::Other,
                     };
                     let terminates = is_terminator(&op);
-                    f.push(
-                        parent,
-                        &mut positions,
-                        Op {
-                            at,
-                            end: end as u32,
-                            weight: 0,
-                            flags: 0,
-                            class: 0,
-                            kind,
-                            encoded_at: 0,
-                            encoded_len: 0,
-                        },
-                        op,
-                        &wasm[at as usize..end],
-                        costs,
-                    );
+                    let op = (Op::new(at, end as u32, kind), op);
+                    f.push(parent, &mut positions, op, wasm, costs);
                     if terminates {
                         frames.last_mut().expect("checked above").dead = true;
                     }
@@ -656,15 +640,16 @@ impl Function {
         Ok(f)
     }
 
+    /// Adds an operator (with the parsed form it was read as) to `seq`.
     fn push(
         &mut self,
         seq: SeqId,
         positions: &mut Vec<(u32, SeqId, u32)>,
-        mut op: Op,
-        operator: Operator<'_>,
-        bytes: &[u8],
+        (mut op, operator): (Op, Operator<'_>),
+        wasm: &[u8],
         costs: &CostTable,
     ) {
+        let bytes = &wasm[op.at as usize..op.end as usize];
         op.weight = u32::try_from(costs.weight(&operator)).expect("weights are u32");
         op.class = Class::of(&operator, costs);
         // Linkers pad the LEB128 of relocated indices and addresses to 5 bytes: such an

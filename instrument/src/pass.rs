@@ -113,8 +113,17 @@ impl<'a> Module<'a> {
         features.insert(WasmFeatures::LEGACY_EXCEPTIONS);
         let mut validator = Validator::new_with_features(features);
         let mut m = Module::default();
-        let page_bytes =
-            |memory: &wasmparser::MemoryType| 1u64 << memory.page_size_log2.unwrap_or(16).min(16);
+        // (initial pages, maximum in bytes) of a memory tally can meter.
+        let sizes = |memory: &wasmparser::MemoryType| {
+            if memory.memory64 {
+                return Err(Error::Unsupported("memory64".into()));
+            }
+            let page = 1u64 << memory.page_size_log2.unwrap_or(16).min(16);
+            Ok((
+                memory.initial,
+                memory.maximum.map(|max| max.saturating_mul(page)),
+            ))
+        };
         for payload in Parser::new(0).parse_all(wasm) {
             let payload = payload.map_err(invalid)?;
             if let Payload::Version {
@@ -153,16 +162,7 @@ impl<'a> Module<'a> {
                                 m.imported_functions += 1;
                             }
                             wasmparser::TypeRef::Global(_) => m.imported_globals += 1,
-                            wasmparser::TypeRef::Memory(memory) => {
-                                if memory.memory64 {
-                                    return Err(Error::Unsupported("memory64".into()));
-                                }
-                                let page = page_bytes(&memory);
-                                m.memories.push((
-                                    memory.initial,
-                                    memory.maximum.map(|max| max.saturating_mul(page)),
-                                ));
-                            }
+                            wasmparser::TypeRef::Memory(memory) => m.memories.push(sizes(&memory)?),
                             wasmparser::TypeRef::Table(table) if table.table64 => {
                                 return Err(Error::Unsupported("table64".into()));
                             }
@@ -184,15 +184,7 @@ impl<'a> Module<'a> {
                 }
                 Payload::MemorySection(reader) => {
                     for memory in reader {
-                        let memory = memory.map_err(invalid)?;
-                        if memory.memory64 {
-                            return Err(Error::Unsupported("memory64".into()));
-                        }
-                        let page = page_bytes(&memory);
-                        m.memories.push((
-                            memory.initial,
-                            memory.maximum.map(|max| max.saturating_mul(page)),
-                        ));
+                        m.memories.push(sizes(&memory.map_err(invalid)?)?);
                     }
                 }
                 Payload::TagSection(_) => {
