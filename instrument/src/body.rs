@@ -4,7 +4,7 @@
 //! body, each `block`, `loop` and `if` arm), each a list of the original operators with their
 //! byte ranges; code after a branch that never falls through is dead and left out.
 //! [`Function::rewrite`] computes phi (see the `pass` module) and writes the new body: every
-//! original operator is copied as it was written, and the count code goes in between.
+//! original operator is copied (at its shortest encoding), and the count code goes in between.
 
 use std::collections::HashMap;
 
@@ -259,7 +259,7 @@ pub(crate) fn write_placeholder(slot: &mut [u8], index: u32) {
 }
 
 /// The value types of a block type: (params, results).
-pub(crate) fn block_signature(types: &ModuleTypes, ty: BlockType) -> Signature {
+fn block_signature(types: &ModuleTypes, ty: BlockType) -> Signature {
     match ty {
         BlockType::Empty => (vec![], vec![]),
         BlockType::Type(t) => (vec![], vec![t]),

@@ -695,4 +695,37 @@ mod tests {
         // Entry, the charge before the back-edge, and its undo on the exit.
         assert_eq!(out.stats.counters_placed, 3);
     }
+
+    #[test]
+    fn padded_operators_are_written_at_their_shortest() {
+        // Two functions; the second calls the first with the index padded to 5 bytes, as a
+        // linker writes a relocated one.
+        let wasm: Vec<u8> = [
+            &b"\0asm\x01\0\0\0"[..],
+            &[0x01, 0x04, 0x01, 0x60, 0x00, 0x00],
+            &[0x03, 0x03, 0x02, 0x00, 0x00],
+            &[0x0a, 0x0d, 0x02, 0x02, 0x00, 0x0b],
+            &[0x08, 0x00, 0x10, 0x80, 0x80, 0x80, 0x80, 0x00, 0x0b],
+        ]
+        .concat();
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let out = instrument(&wasm, &costs, &Options::default()).unwrap();
+        wasmparser::Validator::new()
+            .validate_all(&out.wasm)
+            .unwrap();
+        let mut calls = Vec::new();
+        for payload in wasmparser::Parser::new(0).parse_all(&out.wasm) {
+            let wasmparser::Payload::CodeSectionEntry(body) = payload.unwrap() else {
+                continue;
+            };
+            let mut reader = body.get_operators_reader().unwrap();
+            while !reader.eof() {
+                let at = reader.original_position();
+                if let wasmparser::Operator::Call { function_index } = reader.read().unwrap() {
+                    calls.push((function_index, reader.original_position() - at));
+                }
+            }
+        }
+        assert_eq!(calls, [(0, 2)]);
+    }
 }
