@@ -103,6 +103,16 @@ impl MeterMap {
         lookup(&self.offsets, &self.corrections, module_offset).unwrap_or(0)
     }
 
+    /// Every code offset the map has an entry for, in any of its tables (each must be where an
+    /// instruction of the instrumented module starts).
+    pub fn offsets(&self) -> impl Iterator<Item = u32> + '_ {
+        self.offsets
+            .iter()
+            .chain(&self.merged_offsets)
+            .chain(&self.loop_offsets)
+            .copied()
+    }
+
     /// How many instructions have an entry.
     pub fn len(&self) -> usize {
         self.offsets.len()

@@ -56,6 +56,38 @@ fn memory_bytes(runner: &mut Runner<'_>) -> usize {
         .sum()
 }
 
+/// Every offset of the meter map must be where an operator of the instrumented module starts:
+/// the pass records them as it writes, and a wrong one would only show in a run that traps
+/// exactly there.
+fn check_meter_map_offsets(instrumented: &tally_instrument::Instrumented) -> Result<(), String> {
+    let mut starts = std::collections::HashSet::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&instrumented.wasm) {
+        let payload = payload.map_err(|e| format!("instrumented module: {e}"))?;
+        let wasmparser::Payload::CodeSectionEntry(body) = payload else {
+            continue;
+        };
+        let mut reader = body
+            .get_operators_reader()
+            .map_err(|e| format!("instrumented module: {e}"))?;
+        while !reader.eof() {
+            starts.insert(reader.original_position() as u32);
+            reader
+                .read()
+                .map_err(|e| format!("instrumented module: {e}"))?;
+        }
+    }
+    match instrumented
+        .meter_map
+        .offsets()
+        .find(|offset| !starts.contains(offset))
+    {
+        Some(offset) => Err(format!(
+            "meter map entry at {offset}, where no instruction of the output starts"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs every exported function of `wasm` (default arguments, in export order, on one instance
 /// per variant) under all variants and checks they agree. `Err` describes the first disagreement.
 pub fn check_module(wasm: &[u8], costs: &CostTable, budget: u64) -> Result<Report, String> {
@@ -68,6 +100,7 @@ pub fn check_module(wasm: &[u8], costs: &CostTable, budget: u64) -> Result<Repor
         .map_err(|e| format!("instrument: {e}"))?;
     let naive_wasm = tally_oracle::instrument_naive(wasm, costs, budget)
         .map_err(|e| format!("naive oracle: {e:#}"))?;
+    check_meter_map_offsets(&instrumented)?;
 
     let optimized = Runner::new(
         plain_engine(),
