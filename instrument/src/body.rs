@@ -56,7 +56,7 @@ enum Kind {
     BrTable(u32, u32),
 }
 
-/// What the scan found about one operator (bits of [`Op::flags`]).
+/// What the merge analysis found about one operator (bits of [`Op::flags`]).
 struct Flags;
 
 impl Flags {
