@@ -263,22 +263,17 @@ fn block_signature(types: &ModuleTypes, ty: BlockType) -> Signature {
     match ty {
         BlockType::Empty => (vec![], vec![]),
         BlockType::Type(t) => (vec![], vec![t]),
-        BlockType::FuncType(index) => function_signature(types, index),
+        BlockType::FuncType(index) => function_signature(types, index).unwrap_or_default(),
     }
 }
 
-/// The params and results of type `index` (empty if it is not a function type; validation
-/// has rejected such a module before this is asked).
-pub(crate) fn function_signature(types: &ModuleTypes, index: u32) -> Signature {
-    match types
-        .types
-        .get(index as usize)
-        .map(|t| &t.composite_type.inner)
-    {
-        Some(wasmparser::CompositeInnerType::Func(f)) => {
-            (f.params().to_vec(), f.results().to_vec())
+/// The params and results of type `index`, if it is a function type.
+pub(crate) fn function_signature(types: &ModuleTypes, index: u32) -> Option<Signature> {
+    match &types.types.get(index as usize)?.composite_type.inner {
+        wasmparser::CompositeInnerType::Func(f) => {
+            Some((f.params().to_vec(), f.results().to_vec()))
         }
-        _ => (vec![], vec![]),
+        _ => None,
     }
 }
 
@@ -454,7 +449,7 @@ impl Function {
     ) -> Result<Function, Error> {
         let invalid = |e: wasmparser::BinaryReaderError| Error::Invalid(e.to_string());
         let mut validator = validate.into_validator(Default::default());
-        let (params, _) = function_signature(types, function_type);
+        let (params, _) = function_signature(types, function_type).unwrap_or_default();
         let mut locals = Vec::new();
         let mut first_new_local = params.len() as u64;
         let mut locals_reader = body.get_locals_reader().map_err(invalid)?;
@@ -684,7 +679,11 @@ impl Function {
     fn label_types(&self, types: &ModuleTypes, label: SeqId) -> Vec<ValType> {
         let seq = &self.seqs[label as usize];
         match seq.construct {
-            Construct::Entry => function_signature(types, self.function_type).1,
+            Construct::Entry => {
+                function_signature(types, self.function_type)
+                    .unwrap_or_default()
+                    .1
+            }
             Construct::Loop => block_signature(types, seq.ty).0,
             _ => block_signature(types, seq.ty).1,
         }

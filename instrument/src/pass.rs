@@ -253,8 +253,8 @@ fn instrument_module(
     // Block types the rewritten code needs: an existing function type where one matches.
     let mut existing: HashMap<Signature, u32> = HashMap::new();
     for index in (0..module.type_count).rev() {
-        if is_function(types, index) {
-            existing.insert(crate::body::function_signature(types, index), index);
+        if let Some(signature) = crate::body::function_signature(types, index) {
+            existing.insert(signature, index);
         }
     }
     let global_base = module.imported_globals + module.defined_globals;
@@ -302,41 +302,35 @@ fn instrument_module(
         .collect::<Vec<_>>()
         .into_iter()
         .collect::<Result<_, Error>>()?;
-    let outputs: Vec<Output> = if steps.iter().any(|s| matches!(s, Step::Deep(_))) {
+    let finish = |steps: Vec<Step>| -> Result<Vec<Output>, Error> {
+        steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Done(output) => Ok(output),
+                Step::Deep(f) => f.rewrite(&env),
+            })
+            .collect()
+    };
+    let mut outputs = if steps.iter().any(|s| matches!(s, Step::Deep(_))) {
         // Those are rewritten one at a time on a thread with a stack sized for
         // NESTING_DEPTH_MAX.
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("tally-instrument".into())
                 .stack_size(PASS_STACK_BYTES)
-                .spawn_scoped(scope, || {
-                    steps
-                        .into_iter()
-                        .map(|step| match step {
-                            Step::Done(output) => Ok(output),
-                            Step::Deep(f) => f.rewrite(&env),
-                        })
-                        .collect::<Result<Vec<_>, Error>>()
-                })
+                .spawn_scoped(scope, || finish(steps))
                 .map_err(|e| Error::Limit(format!("cannot start the instrumentation thread: {e}")))?
                 .join()
                 .map_err(|_| Error::Limit("the instrumentation pass panicked".into()))?
         })?
     } else {
-        steps
-            .into_iter()
-            .map(|step| match step {
-                Step::Done(output) => output,
-                Step::Deep(_) => unreachable!("no deep bodies"),
-            })
-            .collect()
+        finish(steps)?
     };
     // Block types no function type of the module matches: appended to the type section in
     // the order functions first use them, so that the output does not depend on the number
     // of threads.
     let mut new_types: Vec<Signature> = Vec::new();
     let mut new_index: HashMap<Signature, u32> = HashMap::new();
-    let mut outputs = outputs;
     for output in &mut outputs {
         let indices: Vec<u32> = output
             .signatures
@@ -357,17 +351,6 @@ fn instrument_module(
         }
     }
     assemble(wasm, &module, &new_types, globals, outputs, costs, options)
-}
-
-/// Whether type `index` is a function type.
-fn is_function(types: &ModuleTypes, index: u32) -> bool {
-    matches!(
-        types
-            .types
-            .get(index as usize)
-            .map(|t| &t.composite_type.inner),
-        Some(wasmparser::CompositeInnerType::Func(_))
-    )
 }
 
 /// Writes `id` with `contents` as a section.
