@@ -148,6 +148,10 @@ struct Seq {
     targeted: bool,
     /// The consequent of an `if` whose alternative (rather than consequent) is prepaid.
     prepaid_alternative: bool,
+    /// A loop whose body keeps the count in the local only (see [`Function::register_loop`]).
+    register: bool,
+    /// Part of a register loop's body: the global lags the count here.
+    stale: bool,
     /// A branch to this label cannot be folded by Cranelift into a conditional trap: the code
     /// it lands on starts with a side effect that is not a certain trap (see
     /// [`Pass::cannot_fold`]).
@@ -166,6 +170,8 @@ impl Seq {
             targeted: false,
             prepaid_alternative: false,
             cont_cannot_fold: false,
+            register: false,
+            stale: false,
         }
     }
 }
@@ -194,6 +200,8 @@ pub(crate) struct Function {
     /// (consumer offset, load offset) pairs of the merge analysis.
     merged: Vec<(u32, u32)>,
     basic_blocks: usize,
+    /// The temporaries the register loops need ([`Temps`] bits).
+    temps: u8,
 }
 
 /// What the module gives every function's pass.
@@ -206,6 +214,9 @@ pub(crate) struct Env<'m> {
     pub globals: Globals,
     /// The memories that have a maximum, with that maximum in bytes (by memory index).
     pub bounded_memories: &'m [(u32, u64)],
+    /// Memory 0's maximum in bytes (`u64::MAX` if it has none), where its accesses can be
+    /// bounds-checked in code (see [`Function::register_loop`]).
+    pub memory0: Option<u64>,
 }
 
 /// The indices of the globals the pass adds.
@@ -396,6 +407,61 @@ fn plain_access(op: &Operator<'_>) -> Option<wasmparser::MemArg> {
     }
 }
 
+/// A scalar load or store: its memory argument, how many bytes it accesses, and the type of
+/// the value a store takes.
+fn scalar_access(op: &Operator<'_>) -> Option<(wasmparser::MemArg, u8, Option<ValType>)> {
+    use Operator as O;
+    let (memarg, bytes, stored) = match *op {
+        O::I32Load8S { memarg } | O::I32Load8U { memarg } => (memarg, 1, None),
+        O::I64Load8S { memarg } | O::I64Load8U { memarg } => (memarg, 1, None),
+        O::I32Load16S { memarg } | O::I32Load16U { memarg } => (memarg, 2, None),
+        O::I64Load16S { memarg } | O::I64Load16U { memarg } => (memarg, 2, None),
+        O::I32Load { memarg } | O::F32Load { memarg } => (memarg, 4, None),
+        O::I64Load32S { memarg } | O::I64Load32U { memarg } => (memarg, 4, None),
+        O::I64Load { memarg } | O::F64Load { memarg } => (memarg, 8, None),
+        O::I32Store8 { memarg } => (memarg, 1, Some(ValType::I32)),
+        O::I32Store16 { memarg } => (memarg, 2, Some(ValType::I32)),
+        O::I32Store { memarg } => (memarg, 4, Some(ValType::I32)),
+        O::I64Store8 { memarg } => (memarg, 1, Some(ValType::I64)),
+        O::I64Store16 { memarg } => (memarg, 2, Some(ValType::I64)),
+        O::I64Store32 { memarg } => (memarg, 4, Some(ValType::I64)),
+        O::I64Store { memarg } => (memarg, 8, Some(ValType::I64)),
+        O::F32Store { memarg } => (memarg, 4, Some(ValType::F32)),
+        O::F64Store { memarg } => (memarg, 8, Some(ValType::F64)),
+        _ => return None,
+    };
+    Some((memarg, bytes, stored))
+}
+
+/// Bits of [`Function::temps`]: the locals a register loop's bounds checks need.
+struct Temps;
+
+impl Temps {
+    /// The address (i32) and memory 0's size in bytes (i64).
+    const ACCESS: u8 = 1;
+    const I32: u8 = 2;
+    const I64: u8 = 4;
+    const F32: u8 = 8;
+    const F64: u8 = 16;
+
+    fn of(ty: ValType) -> u8 {
+        match ty {
+            ValType::I32 => Temps::I32,
+            ValType::I64 => Temps::I64,
+            ValType::F32 => Temps::F32,
+            _ => Temps::F64,
+        }
+    }
+}
+
+/// Reads one operator of the input again.
+fn operator_at<'a>(wasm: &'a [u8], op: &Op) -> Operator<'a> {
+    let bytes = &wasm[op.at as usize..op.end as usize];
+    wasmparser::OperatorsReader::new(wasmparser::BinaryReader::new(bytes, op.at as usize))
+        .read()
+        .expect("the operator was read before")
+}
+
 /// Operators tally cannot meter: they transfer control in ways the pass does not follow.
 fn unmeterable(op: &Operator<'_>) -> bool {
     use Operator as O;
@@ -424,6 +490,11 @@ fn unmeterable(op: &Operator<'_>) -> bool {
             | O::Switch { .. }
     )
 }
+
+/// The most scalar memory accesses a register loop may have (see
+/// [`Function::mark_register_loops`]): each costs a compare and a branch per iteration, where
+/// the loop saves one store of the count. Measured on the suite (`docs/benchmarks.md`).
+const REGISTER_LOOP_ACCESSES: usize = 4;
 
 /// An open construct while a body is read.
 struct Frame {
@@ -477,6 +548,7 @@ impl Function {
             nesting_depth: 0,
             merged: Vec::new(),
             basic_blocks: 1,
+            temps: 0,
         };
         let mut frames = vec![Frame {
             label: Some(ENTRY),
@@ -675,6 +747,82 @@ impl Function {
         self.seqs[seq as usize].construct == Construct::Loop
     }
 
+    /// Marks the loops whose body can keep the count in the local alone, with no store per
+    /// iteration, and the sequences inside them.
+    ///
+    /// At a trap the global must hold the count (plus the trapping instruction's static
+    /// correction), so every change of the count is stored, once per iteration in a loop;
+    /// where stores miss the cache (a sieve) that store is most of metering's cost. A loop
+    /// body whose only instructions that can trap are scalar accesses to memory 0,
+    /// `unreachable` and `return` can instead store the exact count only where it is needed:
+    /// before an `unreachable` or a `return`, on every edge that leaves the loop, and before an
+    /// access that is about to trap, found by a bounds check in code (memory 0's size is read
+    /// before the loop: without calls or `memory.grow` in the body it cannot change). Budget
+    /// checks read the local, and stop with the exact count as everywhere. Innermost loops
+    /// only, without calls, `br_table` or operators with a per-unit cost, and with at most
+    /// [`REGISTER_LOOP_ACCESSES`] accesses. A loop with calls kept its count store: the
+    /// store before each call and the size read after it cost more than they saved (json).
+    fn mark_register_loops(&mut self, env: &Env<'_>) {
+        for l in 0..self.seqs.len() as SeqId {
+            if !self.is_loop(l) {
+                continue;
+            }
+            let Some(temps) = self.register_loop(env, l) else {
+                continue;
+            };
+            self.temps |= temps;
+            self.seqs[l as usize].register = true;
+            let mut stack = vec![l];
+            while let Some(seq) = stack.pop() {
+                self.seqs[seq as usize].stale = true;
+                for op in &self.seqs[seq as usize].ops {
+                    match op.kind {
+                        Kind::Block(b) => stack.push(b),
+                        Kind::If(c, a) => stack.extend([c, a]),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether loop `l` qualifies (see [`Function::mark_register_loops`]), with the
+    /// temporaries its bounds checks need.
+    fn register_loop(&self, env: &Env<'_>, l: SeqId) -> Option<u8> {
+        let mut temps = 0;
+        let mut accesses = 0;
+        let mut stack = vec![l];
+        while let Some(seq) = stack.pop() {
+            for op in &self.seqs[seq as usize].ops {
+                match op.kind {
+                    Kind::Loop(_) | Kind::BrTable(..) => return None,
+                    Kind::Block(b) => stack.push(b),
+                    Kind::If(c, a) => stack.extend([c, a]),
+                    _ => {}
+                }
+                if op.is(Class::VARIABLE) || op.is(Class::CALL) {
+                    return None;
+                }
+                if op.is(Class::NEVER_TRAPS) {
+                    continue;
+                }
+                let operator = operator_at(env.wasm, op);
+                if matches!(operator, Operator::Unreachable | Operator::Return) {
+                    continue;
+                }
+                let (memarg, bytes, stored) = scalar_access(&operator)?;
+                let max = env.memory0?;
+                // An access past the maximum is one wasmtime compiles to a certain trap.
+                if memarg.memory != 0 || memarg.offset + u64::from(bytes) > max {
+                    return None;
+                }
+                accesses += 1;
+                temps |= Temps::ACCESS | stored.map_or(0, Temps::of);
+            }
+        }
+        (accesses <= REGISTER_LOOP_ACCESSES).then_some(temps)
+    }
+
     /// The value types a branch to `label` carries.
     fn label_types(&self, types: &ModuleTypes, label: SeqId) -> Vec<ValType> {
         let seq = &self.seqs[label as usize];
@@ -692,16 +840,33 @@ impl Function {
     /// Plans and writes the instrumented body.
     pub fn rewrite(mut self, env: &Env<'_>) -> Result<Output, Error> {
         let base = self.first_new_local;
-        if u64::from(base) + 4 > LOCALS_MAX {
+        if u64::from(base) + 10 > LOCALS_MAX {
             return Err(Error::Limit(format!(
                 "a function has {base} locals: the count needs more than the {LOCALS_MAX} a function may have"
             )));
         }
+        self.mark_register_loops(env);
+        let mut next = base + if self.variable_ops { 4 } else { 1 };
+        let mut temp = |bit: u8| {
+            if self.temps & bit == 0 {
+                return u32::MAX;
+            }
+            next += 1;
+            next - 1
+        };
         let locals = PassLocals {
             count: base,
             scratch: base + 1,
             grow_result: base + 2,
             charged: base + 3,
+            addr: temp(Temps::ACCESS),
+            size: temp(Temps::ACCESS),
+            values: [
+                temp(Temps::I32),
+                temp(Temps::I64),
+                temp(Temps::F32),
+                temp(Temps::F64),
+            ],
         };
         // The count code makes bodies about half as large again.
         let mut out = Output {
@@ -714,6 +879,20 @@ impl Function {
         if self.variable_ops {
             declarations.push((2, ValType::I32));
             declarations.push((1, ValType::I64));
+        }
+        if self.temps & Temps::ACCESS != 0 {
+            declarations.push((1, ValType::I32));
+            declarations.push((1, ValType::I64));
+        }
+        for (bit, ty) in [
+            (Temps::I32, ValType::I32),
+            (Temps::I64, ValType::I64),
+            (Temps::F32, ValType::F32),
+            (Temps::F64, ValType::F64),
+        ] {
+            if self.temps & bit != 0 {
+                declarations.push((1, ty));
+            }
         }
         (declarations.len() as u32).encode(&mut out.body);
         for &(count, ty) in &declarations {
@@ -732,6 +911,7 @@ impl Function {
             out: &mut out,
             corrections: Vec::new(),
             consumers: Vec::new(),
+            stale: false,
         };
         pass.run()?;
         let Pass {
@@ -792,6 +972,13 @@ struct PassLocals {
     grow_result: u32,
     /// The count once a bulk operation's per-unit cost is added (checked before it runs).
     charged: u32,
+    /// A register loop's access address, while its bounds are checked.
+    addr: u32,
+    /// Memory 0's size in bytes, in a function with register loops.
+    size: u32,
+    /// The value a store in a register loop takes, by type (i32, i64, f32, f64), while the
+    /// address under it is checked.
+    values: [u32; 4],
 }
 
 /// See [`Pass::if_traps`].
@@ -831,6 +1018,8 @@ struct Pass<'f, 'm> {
     corrections: Vec<(u32, u64)>,
     /// (original offset, output offset) of every consumer a load may be merged into.
     consumers: Vec<(u32, u32)>,
+    /// Writing a register loop's body: changes of the count stay in the local.
+    stale: bool,
 }
 
 impl Pass<'_, '_> {
@@ -910,10 +1099,7 @@ impl Pass<'_, '_> {
 
     /// An operator that is neither a block nor a branch, read again from the input.
     fn operator(&self, op: &Op) -> Operator<'_> {
-        let bytes = &self.env.wasm[op.at as usize..op.end as usize];
-        wasmparser::OperatorsReader::new(wasmparser::BinaryReader::new(bytes, op.at as usize))
-            .read()
-            .expect("the operator was read before")
+        operator_at(self.env.wasm, op)
     }
 
     /// Whether the code after position `from` of `seq` starts with a side effect that is not
@@ -1162,8 +1348,96 @@ impl Pass<'_, '_> {
         self.put(Instruction::LocalGet(self.locals.count));
         self.put(Instruction::I64Const(delta));
         self.put(Instruction::I64Add);
-        self.put(Instruction::LocalTee(self.locals.count));
+        if self.stale {
+            self.put(Instruction::LocalSet(self.locals.count));
+        } else {
+            self.put(Instruction::LocalTee(self.locals.count));
+            self.put(Instruction::GlobalSet(self.env.globals.ops));
+        }
+    }
+
+    /// Adjusts the count by `delta` and stores it, also in a register loop: on an edge that
+    /// leaves one.
+    fn adjust_and_store(&mut self, delta: i64) {
+        if delta == 0 {
+            self.sync();
+        } else {
+            let stale = std::mem::replace(&mut self.stale, false);
+            self.adjust(delta);
+            self.stale = stale;
+        }
+    }
+
+    /// Stores the count, which in a register loop the global lags.
+    fn sync(&mut self) {
+        self.put(Instruction::LocalGet(self.locals.count));
         self.put(Instruction::GlobalSet(self.env.globals.ops));
+    }
+
+    /// Memory 0's size in bytes, into its local, for the bounds checks of a register loop.
+    fn load_size(&mut self) {
+        self.put(Instruction::MemorySize(0));
+        self.put(Instruction::I64ExtendI32U);
+        self.put(Instruction::I64Const(16));
+        self.put(Instruction::I64Shl);
+        self.put(Instruction::LocalSet(self.locals.size));
+    }
+
+    /// Before a scalar access in a register loop (its operands on the stack): if it is about
+    /// to trap, store the exact count including it (`count - after`) and trap the same way,
+    /// with a load of the same bytes that has no correction of its own.
+    ///
+    /// ```text
+    /// (local.set value) local.set addr
+    /// if (addr as u64 + offset + bytes > size) { ops = count - after; load [addr + offset]; unreachable }
+    /// local.get addr (local.get value)
+    /// ```
+    fn bounds_check(
+        &mut self,
+        memarg: wasmparser::MemArg,
+        bytes: u8,
+        stored: Option<ValType>,
+        after: u64,
+    ) {
+        let value = stored.map(|ty| {
+            let local = self.locals.values[Temps::of(ty).trailing_zeros() as usize - 1];
+            self.put(Instruction::LocalSet(local));
+            local
+        });
+        self.out.stats.bounds_checks_placed += 1;
+        let addr = self.locals.addr;
+        self.put(Instruction::LocalSet(addr));
+        self.put(Instruction::LocalGet(addr));
+        self.put(Instruction::I64ExtendI32U);
+        self.put(Instruction::I64Const(
+            (memarg.offset + u64::from(bytes)) as i64,
+        ));
+        self.put(Instruction::I64Add);
+        self.put(Instruction::LocalGet(self.locals.size));
+        self.put(Instruction::I64GtU);
+        self.put(Instruction::If(wasm_encoder::BlockType::Empty));
+        self.executed(self.locals.count, after);
+        self.put(Instruction::GlobalSet(self.env.globals.ops));
+        self.put(Instruction::LocalGet(addr));
+        let m = wasm_encoder::MemArg {
+            offset: memarg.offset,
+            align: 0,
+            memory_index: 0,
+        };
+        self.put(match bytes {
+            1 => Instruction::I32Load8U(m),
+            2 => Instruction::I32Load16U(m),
+            4 => Instruction::I32Load(m),
+            _ => Instruction::I64Load(m),
+        });
+        self.put(Instruction::Drop);
+        self.put(Instruction::Unreachable);
+        self.put(Instruction::Else);
+        self.put(Instruction::End);
+        self.put(Instruction::LocalGet(addr));
+        if let Some(local) = value {
+            self.put(Instruction::LocalGet(local));
+        }
     }
 
     /// A store Cranelift can neither merge a load past nor remove: a constant, unique within
@@ -1292,22 +1566,27 @@ impl Pass<'_, '_> {
     fn write(&mut self, seq: SeqId) -> Result<(), Error> {
         // Nothing reads phi inside `seq` once it is written (branches only need `start`).
         let phi = std::mem::take(&mut self.f.seqs[seq as usize].phi);
+        let stale = self.seq(seq).stale;
+        self.stale = stale;
         if self.seq(seq).construct == Construct::Loop && self.seq(seq).targeted {
             self.budget_check(phi[0], None);
         }
         for index in 0..self.seq(seq).ops.len() {
+            self.stale = stale;
             let op = self.facts(seq, index);
             let after = phi[index + 1];
             // A back-edge `br_if` is charged right before it (see below): that store fences.
             let charged_before = matches!(op.kind, Kind::BrIf(t, _)
                 if self.is_loop(t) && self.target_phi(t) != phi[index] - op.weight);
-            if op.flags & Flags::FENCE_BEFORE != 0 && !charged_before {
+            // In a register loop no access traps where the count is not exact (see
+            // `bounds_check`): no fences, no corrections.
+            if op.flags & Flags::FENCE_BEFORE != 0 && !charged_before && !stale {
                 // A memory access that may have absorbed the load before it: the store keeps
                 // Cranelift from merging them (see `merge`).
                 self.fence();
             }
             let mut prepaid = None;
-            if !op.never_traps {
+            if !op.never_traps && !stale {
                 let correction = match op.kind {
                     _ if op.call => 0,
                     Kind::Loop(l) => self.seq(l).start,
@@ -1324,6 +1603,19 @@ impl Pass<'_, '_> {
                     self.write(b)?;
                     self.put(Instruction::End);
                 }
+                Kind::Loop(l) if self.seq(l).register => {
+                    self.out.stats.register_loops += 1;
+                    if self.f.temps & Temps::ACCESS != 0 {
+                        self.load_size();
+                    }
+                    // Nothing in the body traps before a store of the count.
+                    self.copy_located(&op, prepaid, None);
+                    self.write(l)?;
+                    self.put(Instruction::End);
+                    // Falling out of the loop: the global catches up.
+                    self.stale = stale;
+                    self.sync();
+                }
                 Kind::Loop(l) => {
                     let header = self.first_trap_in(l);
                     self.copy_located(&op, prepaid, header);
@@ -1331,7 +1623,11 @@ impl Pass<'_, '_> {
                     self.put(Instruction::End);
                 }
                 Kind::If(c, a) => {
-                    let traps = self.if_traps(c, a, op.flags);
+                    let traps = if stale {
+                        IfTraps::default()
+                    } else {
+                        self.if_traps(c, a, op.flags)
+                    };
                     self.copy_located(&op, prepaid, traps.entry);
                     let (prepaid_arm, other) = self.arms(c, a);
                     let delta = self.seq(other).start as i64 - self.seq(prepaid_arm).start as i64;
@@ -1344,6 +1640,7 @@ impl Pass<'_, '_> {
                         // Always with an `else`, empty or not: wasmtime translates an `if`
                         // without one so that Cranelift can fold a trap that follows the `if`
                         // into its branch, reported at the `if`'s offset.
+                        self.stale = stale;
                         if arm == a {
                             self.put(Instruction::Else);
                         }
@@ -1360,7 +1657,11 @@ impl Pass<'_, '_> {
                 Kind::Br(t) => {
                     // Nothing when `plan` prepaid through to the target.
                     let delta = self.target_phi(t) as i64 - (phi[index] - op.weight) as i64;
-                    self.adjust(delta);
+                    if stale && !self.seq(t).stale {
+                        self.adjust_and_store(delta);
+                    } else {
+                        self.adjust(delta);
+                    }
                     self.copy_located(&op, prepaid, None);
                 }
                 Kind::BrIf(t, depth) => {
@@ -1375,7 +1676,9 @@ impl Pass<'_, '_> {
                     // on the taken edge keeps the branch a branch (fixture
                     // `regression_trap_folded_into_br_if.wat`).
                     let foldable = !self.is_loop(t) && !self.seq(t).cont_cannot_fold;
-                    if delta == 0 && !foldable {
+                    // Leaving a register loop: the taken edge stores the count.
+                    let leaves = stale && !self.seq(t).stale;
+                    if delta == 0 && !foldable && !leaves {
                         self.copy_located(&op, prepaid, None);
                         self.adjust(after as i64 - x as i64);
                     } else if self.is_loop(t) {
@@ -1384,7 +1687,11 @@ impl Pass<'_, '_> {
                         // the loop then closes with one taken branch, not an `if` and a jump.
                         // The charge is a store between the condition and the branch, so it
                         // also serves as the fence a loaded condition would need.
-                        self.adjust(delta);
+                        if leaves {
+                            self.adjust_and_store(delta);
+                        } else {
+                            self.adjust(delta);
+                        }
                         self.copy_located(&op, prepaid, None);
                         // The exit undoes the charge and makes the fall-through's adjustment
                         // in one add (nothing between them can trap).
@@ -1396,7 +1703,9 @@ impl Pass<'_, '_> {
                         let position = self.position();
                         self.open(0x04, &(carried.clone(), carried));
                         self.locate(&op, position, prepaid, None);
-                        if delta == 0 {
+                        if leaves {
+                            self.adjust_and_store(delta);
+                        } else if delta == 0 {
                             self.fence();
                         } else {
                             self.adjust(delta);
@@ -1480,9 +1789,20 @@ impl Pass<'_, '_> {
                         self.put(Instruction::GlobalSet(self.env.globals.ops));
                     }
                 }
+                Kind::Other if stale && !op.never_traps => {
+                    let operator = self.operator(&self.f.seqs[seq as usize].ops[index]);
+                    match scalar_access(&operator) {
+                        Some((memarg, bytes, stored)) => {
+                            self.bounds_check(memarg, bytes, stored, after);
+                        }
+                        // `unreachable` and `return`, the only others a register loop has.
+                        None => self.sync(),
+                    }
+                    self.copy_located(&op, prepaid, None);
+                }
                 Kind::Other => self.copy_located(&op, prepaid, None),
             }
-            if op.flags & Flags::FENCE_AFTER != 0 {
+            if op.flags & Flags::FENCE_AFTER != 0 && !stale {
                 self.fence();
             }
         }

@@ -63,6 +63,14 @@
 //! as the spanning tree, except that a `br_if` whose fall-through runs into a call or
 //! `unreachable` (a slow path or a panic) makes its taken edge the tree edge instead, and a
 //! forward `br` is a tree edge too (the prepaid path continues at its target).
+//!
+//! An innermost loop without calls, whose only instructions that can trap are `unreachable`,
+//! `return` and a few scalar accesses to memory 0, keeps the count in the local alone (a
+//! *register loop*): each access is preceded by a bounds check that stores the exact count
+//! and traps the same way, and the global is stored on every edge that leaves the loop, at
+//! `unreachable` and `return`, and by the budget check at its header. Inside such a loop the
+//! global lags the count, so a host that interrupts the guest asynchronously (an epoch
+//! deadline) must not read it there: `tally-runtime` stops it at a budget check instead.
 
 #![deny(missing_docs)]
 

@@ -140,6 +140,12 @@ pub struct Stats {
     /// documentation on traps).
     #[serde(default)]
     pub fences_placed: usize,
+    /// Loops whose body keeps the count in a register (see the crate documentation).
+    #[serde(default)]
+    pub register_loops: usize,
+    /// Bounds checks placed before the memory accesses of those loops.
+    #[serde(default)]
+    pub bounds_checks_placed: usize,
     /// Input size in bytes.
     pub input_bytes: usize,
     /// Output size in bytes.
@@ -154,5 +160,7 @@ impl Stats {
         self.counters_placed += f.counters_placed;
         self.budget_checks_placed += f.budget_checks_placed;
         self.fences_placed += f.fences_placed;
+        self.register_loops += f.register_loops;
+        self.bounds_checks_placed += f.bounds_checks_placed;
     }
 }

@@ -89,6 +89,10 @@ struct Module<'a> {
     exports: u32,
     /// (initial pages, maximum in bytes) of every memory, imported first.
     memories: Vec<(u64, Option<u64>)>,
+    /// Memory 0 exists, is not shared and has 64 KiB pages, so its size in bytes is
+    /// `memory.size << 16` and changes only at a `memory.grow` of the function running or of
+    /// one it calls.
+    checkable_memory0: bool,
     start: Option<u32>,
     /// Names that must not use the reserved prefix: exports, imports, and the function and
     /// global names of the name section.
@@ -123,6 +127,9 @@ impl<'a> Module<'a> {
                 memory.initial,
                 memory.maximum.map(|max| max.saturating_mul(page)),
             ))
+        };
+        let checkable = |memory: &wasmparser::MemoryType| {
+            !memory.shared && memory.page_size_log2.is_none_or(|log2| log2 == 16)
         };
         for payload in Parser::new(0).parse_all(wasm) {
             let payload = payload.map_err(invalid)?;
@@ -162,7 +169,10 @@ impl<'a> Module<'a> {
                                 m.imported_functions += 1;
                             }
                             wasmparser::TypeRef::Global(_) => m.imported_globals += 1,
-                            wasmparser::TypeRef::Memory(memory) => m.memories.push(sizes(&memory)?),
+                            wasmparser::TypeRef::Memory(memory) => {
+                                m.checkable_memory0 |= m.memories.is_empty() && checkable(&memory);
+                                m.memories.push(sizes(&memory)?)
+                            }
                             wasmparser::TypeRef::Table(table) if table.table64 => {
                                 return Err(Error::Unsupported("table64".into()));
                             }
@@ -184,7 +194,9 @@ impl<'a> Module<'a> {
                 }
                 Payload::MemorySection(reader) => {
                     for memory in reader {
-                        m.memories.push(sizes(&memory.map_err(invalid)?)?);
+                        let memory = memory.map_err(invalid)?;
+                        m.checkable_memory0 |= m.memories.is_empty() && checkable(&memory);
+                        m.memories.push(sizes(&memory)?);
                     }
                 }
                 Payload::TagSection(_) => {
@@ -280,6 +292,13 @@ fn instrument_module(
         costs,
         globals,
         bounded_memories: &bounded_memories,
+        memory0: module.checkable_memory0.then(|| {
+            module
+                .memories
+                .first()
+                .and_then(|m| m.1)
+                .unwrap_or(u64::MAX)
+        }),
     };
     // The bodies are independent: each is read (and validated), planned and written by one
     // task while it is in the cache, and the first error in module order is reported.

@@ -38,11 +38,12 @@ pub(crate) fn set_budget(
     store: &mut impl AsContextMut,
     instance: &Instance,
     budget: u64,
-) -> wasmtime::Result<()> {
+) -> wasmtime::Result<wasmtime::Global> {
     let global = instance
         .get_global(&mut *store, BUDGET_GLOBAL)
         .ok_or_else(|| wasmtime::format_err!("the module does not export `{BUDGET_GLOBAL}`"))?;
-    global.set(&mut *store, Val::I64(budget as i64))
+    global.set(&mut *store, Val::I64(budget as i64))?;
+    Ok(global)
 }
 
 /// The exact count after a call that returned (`error` is `None`) or failed with `error`.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tally_instrument::{Instrumented, MeterMap, OPS_MAX, START_EXPORT};
 use wasmtime::{
     CallHook, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    ResourceLimiter, Store, Trap,
+    ResourceLimiter, Store, Trap, UpdateDeadline, Val,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -39,7 +39,11 @@ const OUTPUT_WRITE_PERMIT_BYTES: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeadlineChecks {
     /// wasmtime's epoch interruption: compiled code checks the deadline at every loop header
-    /// and function entry, so a deadline stops any guest within about [`EPOCH_TICK_MS`]. The
+    /// and function entry, so a deadline stops any guest within about [`EPOCH_TICK_MS`]. A
+    /// passed deadline does not interrupt the guest where it is (inside a loop that keeps its
+    /// count in a register the global lags the count): it lowers `__tally_budget` to 0, and the
+    /// module's next budget check (a loop header or function entry, moments later) stops the
+    /// run with the exact count, reported as [`Outcome::Deadline`]. The
     /// checks cost run time on top of metering (docs/benchmarks.md: 1.31× geometric mean over
     /// the suite with metering, against 1.10× for metering alone; up to 3.2× on a float loop,
     /// where the check's out-of-line call makes Cranelift spill).
@@ -251,6 +255,10 @@ struct Host {
     host_calls: u64,
     /// The deadline checked at host calls ([`DeadlineChecks::HostCalls`]).
     host_call_deadline: Option<Instant>,
+    /// The instance's `__tally_budget`, once it is set for the invocation.
+    budget: Option<wasmtime::Global>,
+    /// The epoch deadline passed and lowered the budget to stop the guest.
+    deadline_passed: bool,
 }
 
 /// The host error that ends an invocation whose deadline passed at a host call.
@@ -460,6 +468,8 @@ impl Runtime {
             host_calls: 0,
             // A start function that calls the host stops at its first call.
             host_call_deadline: Some(Instant::now()),
+            budget: None,
+            deadline_passed: false,
         };
         let mut store = self.store(host);
         store.set_epoch_deadline(1);
@@ -485,6 +495,20 @@ impl Runtime {
                 return Err(DeadlineExceeded.into());
             }
             Ok(())
+        });
+        // At an epoch deadline compiled code may be anywhere, also inside a loop that keeps
+        // its count in a register (the global lags it there), so an interrupt could not be
+        // billed exactly. The deadline lowers the budget to 0 instead and lets the guest run
+        // on to its next budget check (every loop header that closes a cycle, every function
+        // entry that can start one), where the module stops it with the exact count. Until the
+        // budget is set (a start function run by instantiation) it interrupts.
+        store.epoch_deadline_callback(|mut ctx| {
+            let Some(budget) = ctx.data().budget else {
+                return Ok(UpdateDeadline::Interrupt);
+            };
+            ctx.data_mut().deadline_passed = true;
+            budget.set(&mut ctx, Val::I64(0))?;
+            Ok(UpdateDeadline::Continue(1))
         });
         store
     }
@@ -524,6 +548,8 @@ impl Runtime {
             host_calls: 0,
             // Set when the run starts, below.
             host_call_deadline: None,
+            budget: None,
+            deadline_passed: false,
         };
         let mut store = self.store(host);
         let ticks = invocation.deadline.map_or(u64::MAX / 2, |d| {
@@ -539,15 +565,17 @@ impl Runtime {
         }
         let (result, instance) = match prepared.pre.instantiate(&mut store) {
             Ok(instance) => {
-                let result = set_budget(&mut store, &instance, invocation.max_ops).and_then(|()| {
-                    // A start function deferred by the instrumenter runs first, metered and
-                    // billed like the rest of the invocation.
-                    if let Some(init) = instance.get_func(&mut store, START_EXPORT) {
-                        init.typed::<(), ()>(&store)?.call(&mut store, ())?;
-                    }
-                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                    start.call(&mut store, ())
-                });
+                let result =
+                    set_budget(&mut store, &instance, invocation.max_ops).and_then(|budget| {
+                        store.data_mut().budget = Some(budget);
+                        // A start function deferred by the instrumenter runs first, metered and
+                        // billed like the rest of the invocation.
+                        if let Some(init) = instance.get_func(&mut store, START_EXPORT) {
+                            init.typed::<(), ()>(&store)?.call(&mut store, ())?;
+                        }
+                        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                        start.call(&mut store, ())
+                    });
                 (result, Some(instance))
             }
             Err(error) => (Err(error), None),
@@ -576,6 +604,7 @@ impl Runtime {
         let host = store.data();
         let outcome = match result {
             Ok(()) => Outcome::Exit { code: 0 },
+            Err(_) if reading.budget_exhausted && host.deadline_passed => Outcome::Deadline,
             Err(_) if reading.budget_exhausted => Outcome::BudgetExhausted,
             Err(error) => classify(
                 &error,
@@ -938,6 +967,33 @@ mod tests {
         assert_eq!(usage.outcome, Outcome::Deadline);
         assert!(usage.wall_ns < 5_000_000_000, "{}", usage.wall_ns);
         assert_eq!(usage.ops % 3, 1, "{}", usage.ops);
+    }
+
+    /// Loads and stores in a loop without calls: its count lives in a register (the global
+    /// lags it), 6 per iteration (4 constants, the load, the store and the branch; `drop` 0).
+    const ACCESSES_FOREVER: &str = "(loop $l
+        (drop (i32.load (i32.const 8)))
+        (i32.store (i32.const 16) (i32.const 5))
+        (br $l))";
+
+    #[test]
+    fn epoch_deadlines_stop_a_register_loop_with_an_exact_count() {
+        let wasm = wat::parse_str(format!(
+            "(module (memory 1) (func (export \"_start\") {ACCESSES_FOREVER}))"
+        ))
+        .unwrap();
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let stats = instrument(&wasm, &costs, &Options::default())
+            .unwrap()
+            .stats;
+        assert_eq!(stats.register_loops, 1);
+        let usage = run_with_deadline(DeadlineChecks::Epoch, ACCESSES_FOREVER, OPS_MAX);
+        assert_eq!(usage.outcome, Outcome::Deadline);
+        assert!(usage.wall_ns < 5_000_000_000, "{}", usage.wall_ns);
+        // Stopped by the budget check at the loop header, with the exact count of whole
+        // iterations: what the global held when the deadline passed was behind it.
+        assert!(usage.ops > 1, "{}", usage.ops);
+        assert_eq!(usage.ops % 6, 1, "{}", usage.ops);
     }
 
     #[test]

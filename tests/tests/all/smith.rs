@@ -120,6 +120,10 @@ struct Totals {
     skipped: BTreeMap<String, u64>,
     instantiation_failed: u64,
     modules_with_bulk_ops_run: u64,
+    /// Modules with a loop that keeps its count in a register, and of them those with a call
+    /// that trapped.
+    modules_with_register_loops_run: u64,
+    modules_with_register_loops_trapped: u64,
     report: Report,
     failures: Vec<String>,
 }
@@ -132,12 +136,15 @@ fn run_seed(seed: u64, totals: &mut Totals) {
     totals.generated += 1;
     let costs = costs_for(seed);
     let preset = costs.name().to_string();
-    if let Err(tally_instrument::Error::Unsupported(what)) =
-        tally_instrument::instrument(&wasm, &costs, &tally_instrument::Options::default())
-    {
-        *totals.skipped.entry(what).or_default() += 1;
-        return;
-    }
+    let register_loops =
+        match tally_instrument::instrument(&wasm, &costs, &tally_instrument::Options::default()) {
+            Err(tally_instrument::Error::Unsupported(what)) => {
+                *totals.skipped.entry(what).or_default() += 1;
+                return;
+            }
+            Ok(out) => out.stats.register_loops > 0,
+            Err(_) => false,
+        };
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| check_module(&wasm, &costs, BUDGET)));
     let failure = match result {
         Ok(Ok(report)) => {
@@ -145,6 +152,12 @@ fn run_seed(seed: u64, totals: &mut Totals) {
                 totals.instantiation_failed += 1;
             } else if has_bulk_ops(&wasm) && report.returned > 0 {
                 totals.modules_with_bulk_ops_run += 1;
+            }
+            if register_loops && report.calls > 0 {
+                totals.modules_with_register_loops_run += 1;
+                if !report.trapped.is_empty() {
+                    totals.modules_with_register_loops_trapped += 1;
+                }
             }
             totals.report.add(&report);
             return;
@@ -208,6 +221,8 @@ fn generated_modules_agree_with_both_oracles() {
         }
         all.instantiation_failed += t.instantiation_failed;
         all.modules_with_bulk_ops_run += t.modules_with_bulk_ops_run;
+        all.modules_with_register_loops_run += t.modules_with_register_loops_run;
+        all.modules_with_register_loops_trapped += t.modules_with_register_loops_trapped;
         all.report.add(&t.report);
         all.failures.extend(t.failures);
     }
@@ -218,7 +233,7 @@ fn generated_modules_agree_with_both_oracles() {
          skipped as unsupported: {skipped} {:?}\n  instantiation failed (all variants alike): {}\n  \
          calls {}: returned {}, trapped {:?}, exhausted {}, stack overflows {}\n  \
          fuel compared on {} calls; memory grew on {} calls; {} modules with bulk ops returned; \
-         {} ops in total\n  failures: {}",
+         {} ops in total\n  modules with register loops run: {} ({} with a trap)\n  failures: {}",
         all.generated,
         all.not_generated,
         started.elapsed(),
@@ -233,6 +248,8 @@ fn generated_modules_agree_with_both_oracles() {
         r.memory_grew,
         all.modules_with_bulk_ops_run,
         r.ops,
+        all.modules_with_register_loops_run,
+        all.modules_with_register_loops_trapped,
         all.failures.len(),
     );
     for failure in all.failures.iter().take(20) {
@@ -267,6 +284,10 @@ fn generated_modules_agree_with_both_oracles() {
         "no module with bulk operations ran"
     );
     assert!(r.fuel_compared > 0, "wasmtime fuel was never compared");
+    assert!(
+        all.modules_with_register_loops_trapped > 0,
+        "no module with a register loop trapped"
+    );
 }
 
 /// A tool for minimising: `TALLY_CHECK_FILE=x.wat|x.wasm [TALLY_CHECK_PRESET=default]` runs one
