@@ -492,9 +492,11 @@ fn unmeterable(op: &Operator<'_>) -> bool {
 }
 
 /// The most scalar memory accesses a register loop may have (see
-/// [`Function::mark_register_loops`]): each costs a compare and a branch per iteration, where
-/// the loop saves one store of the count. Measured on the suite (`docs/benchmarks.md`).
-const REGISTER_LOOP_ACCESSES: usize = 4;
+/// [`Function::mark_register_loops`]): each costs an add, a compare and a branch per
+/// iteration, where the loop saves one store of the count. With 4, json, strings, sort and
+/// btree ran 2–5% slower than with 1 and outputs were 4–5% larger; primes and matmul gain as
+/// much with 1 (`docs/benchmarks.md`).
+const REGISTER_LOOP_ACCESSES: usize = 1;
 
 /// An open construct while a body is read.
 struct Frame {

@@ -65,7 +65,7 @@
 //! forward `br` is a tree edge too (the prepaid path continues at its target).
 //!
 //! An innermost loop without calls, whose only instructions that can trap are `unreachable`,
-//! `return` and a few scalar accesses to memory 0, keeps the count in the local alone (a
+//! `return` and one scalar access to memory 0, keeps the count in the local alone (a
 //! *register loop*): each access is preceded by a bounds check that stores the exact count
 //! and traps the same way, and the global is stored on every edge that leaves the loop, at
 //! `unreachable` and `return`, and by the budget check at its header. Inside such a loop the
