@@ -108,6 +108,11 @@ fn class_of(name: &str) -> &'static str {
         && !name.contains('x')
         && !name.contains("Atomic");
     let int_suffix = |suffixes: &[&str]| int && suffixes.iter().any(|s| name.ends_with(s));
+    // An extending load or a narrowing store: the access's width follows its name.
+    let narrow = int
+        && ["Load8", "Load16", "Load32", "Store8", "Store16", "Store32"]
+            .iter()
+            .any(|w| name.contains(w));
     if LOCAL.contains(&name) {
         "local"
     } else if name.ends_with("Const") && !name.contains('x') {
@@ -127,25 +132,9 @@ fn class_of(name: &str) -> &'static str {
         // are loads and stores of the instance's state.
         "memory_op"
     } else if name.contains("Load") {
-        if int
-            && ["Load8", "Load16", "Load32"]
-                .iter()
-                .any(|w| name.contains(w))
-        {
-            "load_narrow"
-        } else {
-            "load"
-        }
+        if narrow { "load_narrow" } else { "load" }
     } else if name.contains("Store") {
-        if int
-            && ["Store8", "Store16", "Store32"]
-                .iter()
-                .any(|w| name.contains(w))
-        {
-            "store_narrow"
-        } else {
-            "store"
-        }
+        if narrow { "store_narrow" } else { "store" }
     } else if int_suffix(&["Div", "DivS", "DivU", "RemS", "RemU"]) {
         "div"
     } else if matches!(name, "F32Div" | "F64Div" | "F32Sqrt" | "F64Sqrt") {
