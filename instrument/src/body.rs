@@ -152,6 +152,11 @@ struct Seq {
     register: bool,
     /// Part of a register loop's body: the global lags the count here.
     stale: bool,
+    /// A block some `br_table` targets.
+    table_target: bool,
+    /// A block charged where it ends rather than on the edges into it (see [`Pass::plan`]):
+    /// phi after it, added right after its `end`; a branch to it lands with phi 0.
+    charged_at_end: u64,
     /// A branch to this label cannot be folded by Cranelift into a conditional trap: the code
     /// it lands on starts with a side effect that is not a certain trap (see
     /// [`Pass::cannot_fold`]).
@@ -172,6 +177,8 @@ impl Seq {
             cont_cannot_fold: false,
             register: false,
             stale: false,
+            table_target: false,
+            charged_at_end: 0,
         }
     }
 }
@@ -673,6 +680,9 @@ impl Function {
                             }
                             let default = targets.default();
                             f.tables.push((label(default), default));
+                            for &(target, _) in &f.tables[start as usize..] {
+                                f.seqs[target as usize].table_target = true;
+                            }
                             Kind::BrTable(start, f.tables.len() as u32 - start)
                         }
                         _ => Kind::Other,
@@ -1193,6 +1203,13 @@ impl Pass<'_, '_> {
         false
     }
 
+    /// Whether block `b` is charged where it ends (see [`Pass::plan`]): a `br_table` target
+    /// whose body ends with an operator that never falls through.
+    fn is_charged_at_end(&self, b: SeqId) -> bool {
+        let seq = self.seq(b);
+        seq.table_target && seq.ops.last().is_some_and(|op| op.is(Class::TERMINATOR))
+    }
+
     /// phi where a branch to `label` lands.
     fn target_phi(&self, label: SeqId) -> u64 {
         let seq = self.seq(label);
@@ -1226,6 +1243,16 @@ impl Pass<'_, '_> {
                 _ if op.terminator || op.call => 0,
                 // A loop's continuation is not a branch target's (a branch to a loop lands on
                 // its start), but that of the sequences its body ends with.
+                // A block that `br_table` targets and whose end is reached only by branches (an
+                // interpreter's handler): charge its continuation right after its `end`, once,
+                // so that every branch to it lands with phi 0. Its `br_table` then needs no
+                // trampoline block (an add, a store and a jump) to adjust the count for it.
+                Kind::Block(b) if after != 0 && self.is_charged_at_end(b) => {
+                    self.f.seqs[b as usize].cont_cannot_fold =
+                        self.cannot_fold(seq, index + 1, at_end);
+                    self.f.seqs[b as usize].charged_at_end = after;
+                    self.plan(b, 0)?
+                }
                 Kind::Block(b) | Kind::Loop(b) => {
                     self.f.seqs[b as usize].cont_cannot_fold =
                         self.cannot_fold(seq, index + 1, at_end);
@@ -1604,6 +1631,8 @@ impl Pass<'_, '_> {
                     self.copy_located(&op, prepaid, None);
                     self.write(b)?;
                     self.put(Instruction::End);
+                    self.stale = stale;
+                    self.adjust(self.seq(b).charged_at_end as i64);
                 }
                 Kind::Loop(l) if self.seq(l).register => {
                     self.out.stats.register_loops += 1;
@@ -1812,7 +1841,7 @@ impl Pass<'_, '_> {
     }
 
     /// A `br_table` whose targets need different adjustments: dispatch to one block per
-    /// target, adjust there, then branch on.
+    /// target that needs an adjustment, adjust there, then branch on.
     ///
     /// ```text
     /// block $g_{k-1} (param t* i32) (result t*)
@@ -1836,15 +1865,30 @@ impl Pass<'_, '_> {
         let mut params = carried.clone();
         params.push(ValType::I32);
         let signature = (params, carried);
-        for _ in groups {
+        // A target with phi 0 needs no adjustment: the table names it past the trampolines.
+        let adjusted: Vec<&(SeqId, u32, u64)> = groups.iter().filter(|g| g.2 != 0).collect();
+        let k = adjusted.len() as u32;
+        let mut next = 0;
+        let entry: Vec<u32> = groups
+            .iter()
+            .map(|&(_, depth, phi)| {
+                if phi == 0 {
+                    depth + k
+                } else {
+                    next += 1;
+                    next - 1
+                }
+            })
+            .collect();
+        for _ in 0..k {
             self.open(0x02, &signature);
         }
-        let (default, table) = group_of.split_last().expect("a br_table has a default");
+        let entries: Vec<u32> = group_of.iter().map(|&g| entry[g as usize]).collect();
+        let (default, table) = entries.split_last().expect("a br_table has a default");
         let position = self.position();
         self.put(Instruction::BrTable(table.into(), *default));
         self.locate(op, position, prepaid, None);
-        let k = groups.len() as u32;
-        for (index, &(_, depth, phi)) in groups.iter().enumerate() {
+        for (index, &&(_, depth, phi)) in adjusted.iter().enumerate() {
             self.put(Instruction::End);
             self.adjust(phi as i64);
             self.put(Instruction::Br(depth + (k - 1 - index as u32)));

@@ -635,6 +635,35 @@ mod tests {
     }
 
     #[test]
+    fn a_br_table_jumps_straight_to_handlers_charged_at_their_end() {
+        // $h0's and $h1's ends are reached only by branches, $h2's also by falling through.
+        let wasm = wat::parse_str(
+            "(module (func (export \"f\") (param i32) (result i32)
+               block $h2 block $h1 block $h0
+                 local.get 0 br_table $h0 $h1 $h2
+               end i32.const 1 i32.const 2 i32.add return
+               end i32.const 3 drop
+               end i32.const 4 i32.const 5 i32.add))",
+        )
+        .unwrap();
+        let blocks = |wasm: &[u8]| {
+            let mut n = 0;
+            for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+                if let wasmparser::Payload::CodeSectionEntry(body) = payload.unwrap() {
+                    for op in body.get_operators_reader().unwrap() {
+                        n += matches!(op.unwrap(), wasmparser::Operator::Block { .. }) as usize;
+                    }
+                }
+            }
+            n
+        };
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        let out = instrument(&wasm, &costs, &Options::default()).unwrap();
+        // One trampoline, for $h2 (without the rule, one per target: 6 blocks).
+        assert_eq!((blocks(&wasm), blocks(&out.wasm)), (3, 4));
+    }
+
+    #[test]
     fn a_br_if_around_a_slow_path_keeps_its_taken_edge_free() {
         let costs = CostTable::preset("wasmtime-fuel").unwrap();
         let module = |after: &str| {
