@@ -1241,8 +1241,6 @@ impl Pass<'_, '_> {
                 // A call ends the prepaid path: the global is exact when the callee starts, and
                 // the rest is prepaid again when the call returns. Other terminators end it too.
                 _ if op.terminator || op.call => 0,
-                // A loop's continuation is not a branch target's (a branch to a loop lands on
-                // its start), but that of the sequences its body ends with.
                 // A block that `br_table` targets and whose end is reached only by branches (an
                 // interpreter's handler): charge its continuation right after its `end`, once,
                 // so that every branch to it lands with phi 0. Its `br_table` then needs no
@@ -1253,6 +1251,8 @@ impl Pass<'_, '_> {
                     self.f.seqs[b as usize].charged_at_end = after;
                     self.plan(b, 0)?
                 }
+                // A loop's continuation is not a branch target's (a branch to a loop lands on
+                // its start), but that of the sequences its body ends with.
                 Kind::Block(b) | Kind::Loop(b) => {
                     self.f.seqs[b as usize].cont_cannot_fold =
                         self.cannot_fold(seq, index + 1, at_end);
