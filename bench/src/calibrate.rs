@@ -5,12 +5,16 @@
 //! each operator class of [`CLASSES`] executes, by instrumenting with a table that adds 1 to that
 //! class over a base table (the branches every table must weigh, and function entries, at 1) and
 //! subtracting the base table's count, then (3) choose one weight per class, in units of 0.01 ns,
-//! that minimises the spread (max/min) of nanoseconds per unit across the suite. The spread is
-//! minimised exactly, as a linear program (see [`fit`]), with every class of real work at least
-//! 1 unit and register moves and constants at least 0; the weights are then rounded to whole
-//! units. It prints the fit, a leave-one-out check (fit without each workload, spread over all),
-//! the fitted table, and the spread of the fitted, the current `default` and the uniform table
-//! on the same measurements, from real instrumented counts.
+//! that minimises the spread (max/min) of nanoseconds per unit across the suite. With `--also`,
+//! measurements of the same suite on other machines take part: the fit minimises the largest
+//! spread on any one machine (plain times moved by up to ±30% per workload between two VMs of
+//! the same kind, so a table fitted to one machine's times is a figure of that machine). The
+//! spread is minimised exactly, by linear programs (see [`fit`]), with every class of real work
+//! at least 1 unit and register moves and constants at least 0; the weights are then rounded to
+//! whole units. It prints the fit on each machine, a leave-one-out check (fit without each
+//! workload, largest spread over all), the fitted table, and the spread of the fitted, the
+//! current `default` and the uniform table on this machine's measurements, from real
+//! instrumented counts.
 
 use std::time::Instant;
 
@@ -36,6 +40,11 @@ pub struct Args {
     /// Measure again even when the measurements file exists.
     #[arg(long)]
     remeasure: bool,
+    /// Measurements of the same suite taken on other machines (files written by
+    /// `--measurements` there): the table is fitted over every machine at once, minimising the
+    /// largest spread on any one of them.
+    #[arg(long = "also")]
+    also: Vec<std::path::PathBuf>,
 }
 
 /// Operator classes: the name, what it holds, and a first guess of its cost in ns (see
@@ -170,9 +179,9 @@ const DESCRIPTION: &str = "Calibrated so that cost tracks CPU time on wasmtime 4
     entry, branch, br_table, locals, constants, select, compare, shift, bit count, conversion, \
     other integer ALU, multiply, divide, full and narrow loads, full and narrow stores, float, \
     float divide/sqrt, global, call, indirect call, runtime-calling memory/table operation, bulk \
-    bytes) minimising the spread (max/min) of ns per unit across the suite, as a linear \
-    program, then closest in ratio to a per-class prior among the weights within 5% of that \
-    spread. See docs/metering.md.";
+    bytes) minimising the largest spread (max/min) of ns per unit across the suite on any of \
+    the machines measured, by linear programs, then closest in ratio to a per-class prior among \
+    the weights within 5% of that spread. See docs/metering.md.";
 
 /// Index of a class in [`CLASSES`].
 fn class_index(class: &str) -> usize {
@@ -280,24 +289,53 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             rows
         }
     };
-    let samples = rows
+    // One set of samples per machine, this one's first; every set has the same workloads.
+    let mut machines = vec![rows.clone()];
+    for path in &args.also {
+        let other: Vec<Row> = serde_json::from_slice(
+            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        let names = |rows: &[Row]| rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        anyhow::ensure!(
+            names(&other) == names(&rows),
+            "{} measures other workloads than this machine",
+            path.display()
+        );
+        machines.push(other);
+    }
+    let samples: Vec<Vec<Sample>> = machines
         .iter()
-        .map(Sample::of)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let refs: Vec<&Sample> = samples.iter().collect();
+        .map(|rows| rows.iter().map(Sample::of).collect())
+        .collect::<anyhow::Result<_>>()?;
+    let sets = |skip: Option<usize>| -> Vec<Vec<&Sample>> {
+        samples
+            .iter()
+            .map(|set| {
+                set.iter()
+                    .enumerate()
+                    .filter(|&(j, _)| Some(j) != skip)
+                    .map(|(_, r)| r)
+                    .collect()
+            })
+            .collect()
+    };
+    let all_sets = sets(None);
     // Bounds per class, in units: every class of real work at least 1 so that nothing is
     // free; register moves and constants may cost nothing.
     let bounds: Vec<(f64, f64)> = CLASSES
         .iter()
         .map(|(c, _)| (if FREE.contains(c) { 0.0 } else { 1.0 }, WEIGHT_CAP))
         .collect();
-    let x = fit(&refs, &bounds)?;
+    let x = fit(&all_sets, &bounds)?;
     let rounded: Vec<f64> = x.iter().map(|w| w.round()).collect();
-    println!(
-        "spread of the fit: {:.3} (exact weights), {:.3} (whole units)",
-        model_spread(&refs, &x),
-        model_spread(&refs, &rounded)
-    );
+    for (m, set) in all_sets.iter().enumerate() {
+        println!(
+            "spread of the fit on machine {m}: {:.3} (exact weights), {:.3} (whole units)",
+            model_spread(set, &x),
+            model_spread(set, &rounded)
+        );
+    }
     println!("units per execution (fitted, whole; prior ns):");
     for (i, (class, prior)) in CLASSES.iter().enumerate() {
         println!(
@@ -307,17 +345,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     // Leave one out: fit without a workload, then measure the spread over all of them. This
     // is how well the table can be expected to hold for a program it was not fitted to.
-    println!("leave one out (fit without the workload, spread over all):");
+    println!("leave one out (fit without the workload, largest spread over all):");
     let mut worst: f64 = 0.0;
     for (i, row) in rows.iter().enumerate() {
-        let rest: Vec<&Sample> = samples
+        let held = fit(&sets(Some(i)), &bounds)?;
+        let s = all_sets
             .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, r)| r)
-            .collect();
-        let held = fit(&rest, &bounds)?;
-        let s = model_spread(&refs, &held);
+            .map(|set| model_spread(set, &held))
+            .fold(0.0, f64::max);
         worst = worst.max(s);
         println!("  {:<16} {:.3}", row.name, s);
     }
@@ -418,63 +453,88 @@ fn model_spread(rows: &[&Sample], x: &[f64]) -> f64 {
 }
 
 /// Minimax fit: weights `x` (per execution, in units) within `bounds` that minimise the
-/// spread of ns per unit over `rows`, in two linear programs.
+/// largest spread of ns per unit over the workloads of any one machine of `sets` (one set of
+/// measurements per machine, of the same workloads), in linear programs.
 ///
-/// 1. Minimise v subject to, for every workload w, P_w(x) ≥ t_w and P_w(x) ≤ v·t_w, where P_w
-///    is the predicted cost and t_w the measured time in units of [`UNIT_NS`]. Every ratio
-///    t_w/P_w then lies in [1/v, 1], so the spread is at most v, and the optimum v* makes it v*.
+/// 1. For a spread v, the weights must satisfy, for every workload w of machine m,
+///    P_w(x) ≥ s_m·t_w,m and P_w(x) ≤ v·s_m·t_w,m, where P_w is the predicted cost, t_w,m the
+///    measured time in units of [`UNIT_NS`] and s_m a scale per machine (1 for the first; a
+///    machine may run every workload faster than another). Every ratio t_w,m/P_w then lies in
+///    [1/(v·s_m), 1/s_m], so the spread on each machine is at most v. For a fixed v these are
+///    linear; the smallest feasible v* is found by bisection (with one machine it is the
+///    optimum of one linear program minimising v, to within 1e-9).
 /// 2. Many weights reach about v*, some of them absurd (a class few workloads use can take any
-///    weight). Keep v ≤ [`SPREAD_SLACK`]·v* and minimise Σ_j |x_j / p_j − λ| over x and a free
+///    weight). Keep v = [`SPREAD_SLACK`]·v* and minimise Σ_j |x_j / p_j − λ| over x and a free
 ///    scale λ: the weights closest, in ratio, to the prior of [`CLASSES`].
-fn fit(rows: &[&Sample], bounds: &[(f64, f64)]) -> anyhow::Result<Vec<f64>> {
+fn fit(sets: &[Vec<&Sample>], bounds: &[(f64, f64)]) -> anyhow::Result<Vec<f64>> {
     use microlp::{ComparisonOp, OptimizationDirection, Problem, Variable};
     let k = bounds.len();
     // Column scaling keeps the coefficients within a few orders of magnitude: variable j is
     // solved as y_j = x_j * scale_j with scale_j the largest executions per unit of time.
     let scale: Vec<f64> = (0..k)
         .map(|j| {
-            rows.iter()
+            sets.iter()
+                .flatten()
                 .map(|r| r.counts[j] * UNIT_NS / r.ns)
                 .fold(0.0, f64::max)
                 .max(1e-12)
         })
         .collect();
-    let build = |v_max: Option<f64>| -> (Problem, Vec<Variable>, Variable) {
-        let direction = OptimizationDirection::Minimize;
-        let mut problem = Problem::new(direction);
-        let first = v_max.is_none();
+    // The constraints of a spread of at most `v` on every machine.
+    let build = |v: f64| -> (Problem, Vec<Variable>) {
+        let mut problem = Problem::new(OptimizationDirection::Minimize);
         let y: Vec<_> = bounds
             .iter()
             .zip(&scale)
             .map(|((lo, hi), s)| problem.add_var(0.0, (lo * s, hi * s)))
             .collect();
-        let v = problem.add_var(
-            if first { 1.0 } else { 0.0 },
-            (1.0, v_max.unwrap_or(f64::INFINITY)),
-        );
-        for row in rows {
-            let units = row.ns / UNIT_NS;
-            let terms: Vec<_> = (0..k)
-                .filter(|&j| row.counts[j] > 0.0)
-                .map(|j| (y[j], row.counts[j] / units / scale[j]))
-                .collect();
-            problem.add_constraint(terms.as_slice(), ComparisonOp::Ge, 1.0);
-            let mut upper = terms.clone();
-            upper.push((v, -1.0));
-            problem.add_constraint(upper.as_slice(), ComparisonOp::Le, 0.0);
+        for (m, set) in sets.iter().enumerate() {
+            // s_m, or 1 for the first machine.
+            let machine_scale = (m > 0).then(|| problem.add_var(0.0, (0.0, f64::INFINITY)));
+            for row in set {
+                let units = row.ns / UNIT_NS;
+                let terms: Vec<_> = (0..k)
+                    .filter(|&j| row.counts[j] > 0.0)
+                    .map(|j| (y[j], row.counts[j] / units / scale[j]))
+                    .collect();
+                let (mut lower, mut upper) = (terms.clone(), terms);
+                let (lower_bound, upper_bound) = match machine_scale {
+                    Some(s_m) => {
+                        lower.push((s_m, -1.0));
+                        upper.push((s_m, -v));
+                        (0.0, 0.0)
+                    }
+                    None => (1.0, v),
+                };
+                problem.add_constraint(lower.as_slice(), ComparisonOp::Ge, lower_bound);
+                problem.add_constraint(upper.as_slice(), ComparisonOp::Le, upper_bound);
+            }
         }
-        (problem, y, v)
+        (problem, y)
     };
-    let solve = |problem: &Problem| {
-        problem
-            .solve()
-            .map_err(|e| anyhow::anyhow!("calibration LP: {e}"))?
+    let solve = |problem: &Problem| match problem.solve() {
+        Ok(solution) => solution
             .into_solution()
-            .map_err(|_| anyhow::anyhow!("calibration LP was interrupted"))
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("calibration LP was interrupted")),
+        Err(microlp::Error::Infeasible) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("calibration LP: {e}")),
     };
-    let (first, _, v) = build(None);
-    let v_star = solve(&first)?.var_value(v);
-    let (mut second, y, _) = build(Some(v_star * SPREAD_SLACK));
+    let feasible = |v: f64| -> anyhow::Result<bool> { Ok(solve(&build(v).0)?.is_some()) };
+    let (mut lo, mut hi) = (1.0, 2.0);
+    while !feasible(hi)? {
+        anyhow::ensure!(hi < 1e6, "no table of these classes fits the measurements");
+        (lo, hi) = (hi, hi * 2.0);
+    }
+    while hi - lo > 1e-9 * hi {
+        let mid = (lo + hi) / 2.0;
+        if feasible(mid)? {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let (mut second, y) = build(hi * SPREAD_SLACK);
     let lambda = second.add_var(0.0, (0.0, f64::INFINITY));
     for j in 0..k {
         // d_j ≥ |x_j / p_j − λ|, with x_j = y_j / scale_j.
@@ -483,7 +543,7 @@ fn fit(rows: &[&Sample], bounds: &[(f64, f64)]) -> anyhow::Result<Vec<f64>> {
         second.add_constraint([(d, 1.0), (y[j], -c), (lambda, 1.0)], ComparisonOp::Ge, 0.0);
         second.add_constraint([(d, 1.0), (y[j], c), (lambda, -1.0)], ComparisonOp::Ge, 0.0);
     }
-    let solution = solve(&second)?;
+    let solution = solve(&second)?.context("the weights within the slack are infeasible")?;
     Ok((0..k)
         .map(|j| solution.var_value(y[j]) / scale[j])
         .collect())
