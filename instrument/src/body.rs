@@ -154,6 +154,8 @@ struct Seq {
     stale: bool,
     /// A block some `br_table` targets.
     table_target: bool,
+    /// A loop body or nested in one.
+    in_loop: bool,
     /// A block charged where it ends rather than on the edges into it (see [`Pass::plan`]):
     /// phi after it, added right after its `end`; a branch to it lands with phi 0.
     charged_at_end: u64,
@@ -178,6 +180,7 @@ impl Seq {
             register: false,
             stale: false,
             table_target: false,
+            in_loop: false,
             charged_at_end: 0,
         }
     }
@@ -623,8 +626,11 @@ impl Function {
                         });
                         continue;
                     };
+                    let in_loop = f.seqs[parent as usize].in_loop;
                     let mut new_seq = |construct| {
-                        f.seqs.push(Seq::new(construct, blockty));
+                        let mut seq = Seq::new(construct, blockty);
+                        seq.in_loop = in_loop || construct == Construct::Loop;
+                        f.seqs.push(seq);
                         f.basic_blocks += 1;
                         (f.seqs.len() - 1) as SeqId
                     };
@@ -1260,11 +1266,15 @@ impl Pass<'_, '_> {
                 }
                 // A `br_if` whose fall-through runs straight into a call or `unreachable` (a
                 // panic, a slow path) is usually taken: pay the adjustment on the fall-through
-                // instead, where it needs no `if` around it (see `write`).
+                // instead, where it needs no `if` around it (see `write`). Outside loops, too:
+                // there each edge runs at most once per call, whichever pays, and the plain add
+                // after the `br_if` is about 10 bytes where the `if` around an adjusted taken
+                // edge is about 15.
                 Kind::BrIf(t, _)
                     if !self.is_loop(t)
                         && self.seq(t).cont_cannot_fold
-                        && self.fall_through_is_cold(seq, index + 1) =>
+                        && (!self.seq(seq).in_loop
+                            || self.fall_through_is_cold(seq, index + 1)) =>
                 {
                     self.target_phi(t)
                 }

@@ -694,6 +694,30 @@ mod tests {
     }
 
     #[test]
+    fn a_br_if_outside_loops_keeps_its_taken_edge_free() {
+        let costs = CostTable::preset("wasmtime-fuel").unwrap();
+        // The fall-through does work of its own (not a slow path) before the block ends, and
+        // the target's first side effect is a store.
+        let body = "block local.get 0 br_if 0 i32.const 1 global.set $g end
+                    i32.const 2 global.set $g";
+        let shape = |code: String| {
+            let wasm = wat::parse_str(format!(
+                "(module (global $g (mut i32) (i32.const 0)) (func (param i32) {code}))"
+            ))
+            .unwrap();
+            branches(&instrument(&wasm, &costs, &Options::default()).unwrap().wasm)
+        };
+        // Outside loops the plain add goes on the fall-through: the `br_if` stays a `br_if`.
+        assert_eq!(shape(body.to_string()), (1, 0));
+        // In a loop the taken edge keeps its adjustment, in an `if`; the fall-through, often
+        // the path round the loop, runs free (the other `if` is the loop's budget check).
+        assert_eq!(
+            shape(format!("loop {body} local.get 0 br_if 0 end")),
+            (1, 2)
+        );
+    }
+
+    #[test]
     fn a_forward_br_prepays_through_to_its_target() {
         let wasm = wat::parse_str(
             "(module (memory 1) (global $g (mut i32) (i32.const 0))

@@ -13,7 +13,8 @@ fn guest(name: &str) -> Vec<u8> {
 }
 
 /// Functions whose `br_if`s carry values to their labels: the pass gives each such branch an
-/// `if` with a multi-value type it adds to the module, from many functions at once.
+/// `if` with a multi-value type it adds to the module, from many functions at once (in a loop:
+/// outside loops a `br_if` stays one, its fall-through charged).
 fn branches_with_values(functions: usize) -> Vec<u8> {
     let types = ["i32", "i64", "f32", "f64"];
     let mut text = String::from("(module\n");
@@ -21,6 +22,7 @@ fn branches_with_values(functions: usize) -> Vec<u8> {
         let (a, b) = (types[f % 4], types[(f / 4) % 4]);
         text.push_str(&format!(
             "(func (export \"f{f}\") (param i32) (result {a} {b})
+               loop (result {a} {b})
                block (result {a} {b})
                  {a}.const {f}
                  {b}.const 1
@@ -30,6 +32,7 @@ fn branches_with_values(functions: usize) -> Vec<u8> {
                  local.get 0 i32.const 3 i32.mul drop
                  {a}.const 2
                  {b}.const 3
+               end
                end)\n"
         ));
     }
