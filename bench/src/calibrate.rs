@@ -554,6 +554,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_machine_that_runs_everything_slower_costs_the_fit_nothing() {
+        // Times that one table of the classes explains exactly, on a machine and on one ten
+        // million times as slow: each machine is compared with itself only (with one scale
+        // for both, no spread below 10^6 fits, and the fit fails).
+        let truth: Vec<f64> = (0..CLASSES.len()).map(|j| 1.0 + (j % 5) as f64).collect();
+        let machine = |slowdown: f64| -> Vec<Sample> {
+            (0..6)
+                .map(|w| {
+                    let counts: Vec<f64> = (0..CLASSES.len())
+                        .map(|j| ((w * 7 + j * 3) % 11) as f64 * 1e6)
+                        .collect();
+                    let ns = predicted(
+                        &Sample {
+                            ns: 0.0,
+                            counts: counts.clone(),
+                        },
+                        &truth,
+                    ) * UNIT_NS
+                        * slowdown;
+                    Sample { ns, counts }
+                })
+                .collect()
+        };
+        let (a, b) = (machine(1.0), machine(1e7));
+        let sets = vec![a.iter().collect::<Vec<_>>(), b.iter().collect()];
+        let bounds = vec![(0.0, WEIGHT_CAP); CLASSES.len()];
+        let x = fit(&sets, &bounds).unwrap();
+        for set in &sets {
+            assert!(
+                model_spread(set, &x) <= SPREAD_SLACK + 1e-6,
+                "{}",
+                model_spread(set, &x)
+            );
+        }
+    }
+
+    #[test]
     fn every_operator_has_a_class_of_the_fit() {
         for (name, _) in CostTable::preset("default").unwrap().weights() {
             let class = class_of(name);
